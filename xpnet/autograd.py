@@ -1,0 +1,423 @@
+"""Reverse-mode autograd over backend arrays: ``Tensor``, ``Function`` and the elementary ops.
+
+A ``Function`` computes its forward and backward on raw arrays of the active backend; ``Function.apply``
+wraps the result in a ``Tensor`` that remembers how it was made. ``Tensor.backward()`` walks that graph once in
+reverse topological order, summing the gradients of tensors used more than once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from xpnet.backend import get_backend
+
+_default_dtype = np.dtype(np.float32)
+_grad_enabled = True
+
+
+def set_default_dtype(dtype: Any) -> None:
+    """Float dtype for new parameters and tensors built from Python numbers (float32 unless changed)."""
+    global _default_dtype
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise TypeError(f"default dtype must be a float type, got {dtype}")
+    _default_dtype = dtype
+
+
+def get_default_dtype() -> np.dtype:
+    return _default_dtype
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Context manager and decorator: ops inside record no graph (evaluation, optimizer updates)."""
+
+    def __enter__(self) -> None:
+        global _grad_enabled
+        self._previous = _grad_enabled
+        _grad_enabled = False
+
+    def __exit__(self, *exc: Any) -> None:
+        global _grad_enabled
+        _grad_enabled = self._previous
+
+
+class Context:
+    """What a Function's forward leaves for its backward."""
+
+    __slots__ = ("saved", "needs_input_grad", "__dict__")
+
+    def __init__(self, needs_input_grad: tuple[bool, ...]):
+        self.needs_input_grad = needs_input_grad
+        self.saved: tuple = ()
+
+    def save_for_backward(self, *arrays: Any) -> None:
+        self.saved = arrays
+
+
+class Tensor:
+    """An array of the active backend, with the gradient machinery around it."""
+
+    __array_priority__ = 1000  # so ndarray (op) Tensor defers to Tensor's reflected operators
+
+    def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None):
+        if isinstance(data, Tensor):
+            data = data.data
+        backend = get_backend()
+        if not backend.is_array(data) or (dtype is not None and data.dtype != dtype):
+            if dtype is None and not isinstance(data, np.ndarray):
+                as_np = np.asarray(data)
+                dtype = _default_dtype if as_np.dtype.kind == "f" or as_np.dtype == object else None
+            data = backend.asarray(data, dtype=dtype)
+        self.data = data
+        self.requires_grad = requires_grad
+        self.grad: Any = None
+        self._ctx: Context | None = None
+        self._fn: type[Function] | None = None
+        self._inputs: tuple[Tensor, ...] = ()
+
+    # --- array-like -----------------------------------------------------------------------------------------
+    shape = property(lambda self: tuple(self.data.shape))
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: int(self.data.size))
+    is_leaf = property(lambda self: self._fn is None)
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({self.numpy()!r}{grad})"
+
+    def numpy(self) -> np.ndarray:
+        """A host NumPy copy of the data (no graph)."""
+        return get_backend().to_numpy(self.data)
+
+    def item(self) -> float:
+        return float(self.data.reshape(-1)[0]) if self.size == 1 else _raise_item(self.shape)
+
+    def detach(self) -> Tensor:
+        return Tensor(self.data)
+
+    # --- gradients --------------------------------------------------------------------------------------------
+    def backward(self, grad: Any = None) -> None:
+        """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad."""
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad (was it made under no_grad?)")
+        xp = get_backend().xp
+        if grad is None:
+            if self.size != 1:
+                raise RuntimeError(f"backward() without a gradient needs a scalar, got shape {self.shape}")
+            grad = xp.ones_like(self.data)
+        grads: dict[int, Any] = {id(self): grad.data if isinstance(grad, Tensor) else grad}
+        for node in reversed(_topological_order(self)):
+            g = grads.pop(id(node), None)
+            if g is None:
+                continue
+            if node._fn is None:
+                node.grad = g if node.grad is None else node.grad + g
+                continue
+            input_grads = node._fn.backward(node._ctx, g)
+            if not isinstance(input_grads, tuple):
+                input_grads = (input_grads,)
+            for parent, pg in zip(node._inputs, input_grads):
+                if pg is None or not parent.requires_grad:
+                    continue
+                key = id(parent)
+                grads[key] = pg if key not in grads else grads[key] + pg
+            node._ctx = None  # free saved arrays as soon as they are used
+
+    # --- operators -------------------------------------------------------------------------------------------
+    def __add__(self, other: Any) -> Tensor: return Add.apply(self, _like(other, self))
+    def __radd__(self, other: Any) -> Tensor: return Add.apply(_like(other, self), self)
+    def __sub__(self, other: Any) -> Tensor: return Sub.apply(self, _like(other, self))
+    def __rsub__(self, other: Any) -> Tensor: return Sub.apply(_like(other, self), self)
+    def __mul__(self, other: Any) -> Tensor: return Mul.apply(self, _like(other, self))
+    def __rmul__(self, other: Any) -> Tensor: return Mul.apply(_like(other, self), self)
+    def __truediv__(self, other: Any) -> Tensor: return Div.apply(self, _like(other, self))
+    def __rtruediv__(self, other: Any) -> Tensor: return Div.apply(_like(other, self), self)
+    def __neg__(self) -> Tensor: return Neg.apply(self)
+    def __matmul__(self, other: Any) -> Tensor: return MatMul.apply(self, _like(other, self))
+    def __rmatmul__(self, other: Any) -> Tensor: return MatMul.apply(_like(other, self), self)
+
+    def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+        return Sum.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
+
+    def mean(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+        axes = _axes(axis, self.ndim)
+        count = int(np.prod([self.shape[a] for a in axes])) if axes is not None else self.size
+        return self.sum(axis, keepdims) * (1.0 / count)
+
+    def reshape(self, *shape: Any) -> Tensor:
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return Reshape.apply(self, shape=shape)
+
+    def transpose(self, *axes: Any) -> Tensor:
+        axes = tuple(axes[0]) if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        return Transpose.apply(self, axes=axes or None)
+
+    @property
+    def T(self) -> Tensor:
+        return self.transpose()
+
+    def exp(self) -> Tensor: return Exp.apply(self)
+    def log(self) -> Tensor: return Log.apply(self)
+    def relu(self) -> Tensor: return ReLU.apply(self)
+
+
+def _raise_item(shape: tuple) -> float:
+    raise ValueError(f"item() needs a tensor with one element, got shape {shape}")
+
+
+def _like(value: Any, ref: Tensor) -> Tensor:
+    """``value`` as a Tensor; Python numbers take ``ref``'s dtype so float32 stays float32."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (int, float)):
+        return Tensor(get_backend().xp.asarray(value, dtype=ref.dtype))
+    return Tensor(value)
+
+
+def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...] | None:
+    if axis is None:
+        return None
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    return tuple(sorted(a % ndim for a in axes))
+
+
+def _topological_order(root: Tensor) -> list[Tensor]:
+    """Tensors reachable from ``root`` that need a gradient, every input before the tensors made from it."""
+    order: list[Tensor] = []
+    visited: set[int] = set()
+    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        stack.extend((p, False) for p in node._inputs if p.requires_grad and id(p) not in visited)
+    return order
+
+
+_CONSTANT = Tensor.__new__(Tensor)  # stands in for a None input in the graph; never needs a gradient
+_CONSTANT.requires_grad, _CONSTANT._fn, _CONSTANT._inputs, _CONSTANT.data = False, None, (), None
+
+
+def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
+    """Make a Tensor on the active backend (floats from Python numbers take the default dtype)."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+class Function:
+    """One differentiable operation. Subclasses write ``forward(ctx, *arrays, **options)`` returning an array
+    and ``backward(ctx, grad)`` returning one gradient (or None) per array input, all on raw backend arrays."""
+
+    @staticmethod
+    def forward(ctx: Context, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs: Tensor | None, **options: Any) -> Tensor:
+        """Run forward on the inputs' arrays (None passes through, e.g. a missing bias) and record the graph."""
+        needs = tuple(t is not None and t.requires_grad for t in inputs)
+        out = Tensor.__new__(Tensor)
+        ctx = Context(needs)
+        out.data = cls.forward(ctx, *(None if t is None else t.data for t in inputs), **options)
+        out.grad = None
+        out.requires_grad = _grad_enabled and any(needs)
+        if out.requires_grad:
+            out._ctx, out._fn, out._inputs = ctx, cls, tuple(t if t is not None else _CONSTANT for t in inputs)
+        else:
+            out._ctx, out._fn, out._inputs = None, None, ()
+        return out
+
+
+def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
+    """Sum ``grad`` down to ``shape``: the reverse of NumPy broadcasting."""
+    if grad.shape == tuple(shape):
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1)
+    return grad.sum(axis=axes).reshape(shape) if axes else grad.reshape(shape)
+
+
+# --- elementary ops ---------------------------------------------------------------------------------------------
+
+class Add(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = a.shape, b.shape
+        return a + b
+
+    @staticmethod
+    def backward(ctx, g):
+        sa, sb = ctx.shapes
+        return unbroadcast(g, sa), unbroadcast(g, sb)
+
+
+class Sub(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = a.shape, b.shape
+        return a - b
+
+    @staticmethod
+    def backward(ctx, g):
+        sa, sb = ctx.shapes
+        return unbroadcast(g, sa), unbroadcast(-g, sb)
+
+
+class Mul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        need_a, need_b = ctx.needs_input_grad
+        return (unbroadcast(g * b, a.shape) if need_a else None,
+                unbroadcast(g * a, b.shape) if need_b else None)
+
+
+class Div(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        need_a, need_b = ctx.needs_input_grad
+        return (unbroadcast(g / b, a.shape) if need_a else None,
+                unbroadcast(-g * a / (b * b), b.shape) if need_b else None)
+
+
+class Neg(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return -a
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+
+def _swap_last(a: Any) -> Any:
+    return a.swapaxes(-1, -2)
+
+
+class MatMul(Function):
+    """``a @ b`` with NumPy's rules: batched, broadcasting batch dimensions, 1-D operands promoted."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        if a.ndim == 1:
+            g = g[..., None, :]
+        if b.ndim == 1:
+            g = g[..., None]
+        need_a, need_b = ctx.needs_input_grad
+        ga = unbroadcast(g @ _swap_last(b2), a2.shape).reshape(a.shape) if need_a else None
+        gb = unbroadcast(_swap_last(a2) @ g, b2.shape).reshape(b.shape) if need_b else None
+        return ga, gb
+
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False):
+        ctx.shape, ctx.axis, ctx.keepdims = a.shape, axis, keepdims
+        return get_backend().xp.asarray(a.sum(axis=axis, keepdims=keepdims))
+
+    @staticmethod
+    def backward(ctx, g):
+        xp = get_backend().xp
+        if ctx.axis is not None and not ctx.keepdims:
+            g = xp.expand_dims(g, ctx.axis)
+        return xp.broadcast_to(g, ctx.shape).copy()
+
+
+class Reshape(Function):
+    @staticmethod
+    def forward(ctx, a, shape):
+        ctx.shape = a.shape
+        return a.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.reshape(ctx.shape)
+
+
+class Transpose(Function):
+    @staticmethod
+    def forward(ctx, a, axes=None):
+        ctx.axes = axes
+        return a.transpose(axes)
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.axes is None:
+            return g.transpose()
+        return g.transpose(tuple(np.argsort(ctx.axes)))
+
+
+class Exp(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = get_backend().xp.exp(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved
+        return g * out
+
+
+class Log(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return get_backend().xp.log(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved
+        return g / a
+
+
+class ReLU(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = get_backend().xp.maximum(a, 0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved
+        return g * (out > 0)

@@ -1,0 +1,160 @@
+"""Backend registry: which array module and hot kernels xpnet runs on.
+
+A backend is picked once, at first use, from ``XPNET_BACKEND`` (default ``numpy``), or in code with
+``xpnet.use(name)``. Backends are found through the ``xpnet.backends`` entry-point group, so a third-party
+package adds one exactly as the built-in ones are added. Nothing here imports numba or cupy: a backend's
+module is imported only when that backend is selected.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import import_module
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import Any, Callable
+
+import numpy as np
+
+from xpnet import kernels
+
+ENV_VAR = "XPNET_BACKEND"
+ENTRY_POINT_GROUP = "xpnet.backends"
+
+# Built-in backends, so a source checkout that is not pip-installed still finds them. Entry points may add more.
+_BUILTIN = {
+    "numpy": "xpnet.backends.numpy:NumpyBackend",
+    "numba": "xpnet.backends.numba:NumbaBackend",
+    "cupy": "xpnet.backends.cupy:CupyBackend",
+}
+_INSTALL_HINTS = {
+    "numba": "pip install 'xpnet[numba]'  (or: pip install numba)",
+    "cupy": "pip install 'xpnet[cuda12]'  (or: pip install cupy-cuda12x) and a machine with a CUDA GPU",
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """The named backend is unknown here, or its library or device is missing."""
+
+
+class Backend:
+    """The contract every backend fulfils, with generic kernels written against ``self.xp``.
+
+    A backend subclass sets ``name`` and ``xp`` and overrides whatever kernels it can do faster. Kernel layouts
+    (shared by every backend, so the layers do not care which one runs):
+
+    - ``im2col(x, kernel, stride, padding)``: x ``(N, C, H, W)`` -> cols ``(N, C, KH, KW, OH, OW)``, contiguous.
+    - ``col2im(cols, x_shape, stride, padding)``: the adjoint of im2col; overlapping windows are summed.
+    - ``max_pool_forward(x, kernel, stride)`` -> ``(out, argmax)`` with argmax the flat index in the window
+      (row-major over KH, KW; the first maximum wins, as in PyTorch); ``max_pool_backward(gout, argmax,
+      x_shape, kernel, stride)`` -> gx.
+    """
+
+    name: str = "abstract"
+    xp: ModuleType = np
+
+    # --- arrays -------------------------------------------------------------------------------------------
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        """Move ``a`` (NumPy array, scalar or list) to this backend's device."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        """Copy a backend array back to host memory as a NumPy array."""
+        return np.asarray(a)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work; a no-op on the CPU. Call before reading a clock."""
+
+    def is_array(self, a: Any) -> bool:
+        """True if ``a`` is an array of this backend's module."""
+        return isinstance(a, self.xp.ndarray)
+
+    # --- kernels (generic versions; backends override the hot ones) ----------------------------------------
+    def im2col(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> Any:
+        return kernels.im2col(self.xp, x, kernel, stride, padding)
+
+    def col2im(self, cols: Any, x_shape: tuple[int, ...], stride: tuple[int, int],
+               padding: tuple[int, int]) -> Any:
+        return kernels.col2im(self.xp, cols, x_shape, stride, padding)
+
+    def max_pool_forward(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[Any, Any]:
+        return kernels.max_pool_forward(self.xp, x, kernel, stride)
+
+    def max_pool_backward(self, gout: Any, argmax: Any, x_shape: tuple[int, ...], kernel: tuple[int, int],
+                          stride: tuple[int, int]) -> Any:
+        return kernels.max_pool_backward(self.xp, gout, argmax, x_shape, kernel, stride)
+
+    def __repr__(self) -> str:
+        return f"<xpnet backend {self.name!r}>"
+
+
+_active: Backend | None = None
+_instances: dict[str, Backend] = {}
+
+
+def _registry() -> dict[str, str | Callable[[], Backend]]:
+    """Name -> 'module:Class' (built-ins) or a loadable entry point (third parties)."""
+    found: dict[str, Any] = dict(_BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value != found.get(ep.name):
+            found[ep.name] = ep
+    return found
+
+
+def backend_names() -> list[str]:
+    """Every backend name known here (installed or not)."""
+    return sorted(_registry())
+
+
+def _load(name: str) -> Backend:
+    registry = _registry()
+    if name not in registry:
+        raise BackendUnavailable(
+            f"unknown xpnet backend {name!r} (from {ENV_VAR} or xpnet.use); valid backends: "
+            f"{', '.join(sorted(registry))}")
+    target = registry[name]
+    try:
+        if isinstance(target, str):
+            module_name, _, attr = target.partition(":")
+            cls = getattr(import_module(module_name), attr)
+        else:
+            cls = target.load()
+        backend = cls()
+    except BackendUnavailable:
+        raise
+    except ImportError as exc:
+        hint = _INSTALL_HINTS.get(name, f"install the package that provides the {name!r} backend")
+        raise BackendUnavailable(f"xpnet backend {name!r} needs a library that is missing ({exc}); "
+                                 f"install it with: {hint}") from exc
+    return backend
+
+
+def get_backend(name: str | None = None) -> Backend:
+    """The active backend (chosen from ``XPNET_BACKEND`` at first use), or the backend called ``name``."""
+    global _active
+    if name is not None:
+        if name not in _instances:
+            _instances[name] = _load(name)
+        return _instances[name]
+    if _active is None:
+        _active = get_backend(os.environ.get(ENV_VAR, "numpy").strip().lower() or "numpy")
+    return _active
+
+
+def use(name: str) -> Backend:
+    """Make ``name`` the active backend for everything created from now on, and return it."""
+    global _active
+    _active = get_backend(name)
+    return _active
+
+
+def backends_available() -> list[str]:
+    """Names of the backends that load and work on this machine (tries each; may import numba or cupy)."""
+    usable = []
+    for name in backend_names():
+        try:
+            get_backend(name)
+        except BackendUnavailable:
+            continue
+        usable.append(name)
+    return usable
