@@ -1,0 +1,17 @@
+"""Shared fixtures: every test starts on the NumPy backend with float32 defaults and a fixed seed."""
+
+import numpy as np
+import pytest
+
+import xpnet
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    """Isolate tests from each other's backend, dtype and seed choices."""
+    xpnet.use("numpy")
+    xpnet.set_default_dtype(np.float32)
+    xpnet.manual_seed(0)
+    yield
+    xpnet.use("numpy")
+    xpnet.set_default_dtype(np.float32)
