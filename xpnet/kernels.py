@@ -53,24 +53,38 @@ def col2im(xp: Any, cols: Any, x_shape: tuple[int, ...], stride: tuple[int, int]
     return img[:, :, ph:ph + h, pw:pw + w]
 
 
+def _offset_slices(kernel: tuple[int, int], stride: tuple[int, int], out_hw: tuple[int, int]):
+    """(flat offset, row slice, column slice) selecting, for each kernel offset, that pixel of every window."""
+    (kh, kw), (sy, sx), (oh, ow) = kernel, stride, out_hw
+    for i in range(kh):
+        for j in range(kw):
+            yield i * kw + j, slice(i, i + sy * oh, sy), slice(j, j + sx * ow, sx)
+
+
 def max_pool_forward(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[Any, Any]:
-    """Max over each window and the flat in-window index of the first maximum (PyTorch's tie rule)."""
+    """Max over each window and the flat in-window index of the first maximum (PyTorch's tie rule).
+
+    One pass per kernel offset over output-sized strided slices: far cheaper than an argmax over a 5-D window
+    view, and a strict ``>`` keeps the first maximum.
+    """
     n, c, h, w = x.shape
-    windows = window_view(xp, x.reshape(n * c, 1, h, w), kernel, stride, (0, 0))
-    kh, kw, oh, ow = windows.shape[2:]
-    windows = windows.reshape(n, c, kh * kw, oh, ow)
-    argmax = windows.argmax(axis=2)
-    out = xp.take_along_axis(windows, argmax[:, :, None], axis=2)[:, :, 0]
+    out_hw = out_size(h, kernel[0], stride[0], 0), out_size(w, kernel[1], stride[1], 0)
+    out = argmax = None
+    for index, rows, cols in _offset_slices(kernel, stride, out_hw):
+        candidate = x[:, :, rows, cols]
+        if out is None:
+            out = candidate.copy()
+            argmax = xp.zeros(out.shape, dtype=xp.int64)
+            continue
+        argmax = xp.where(candidate > out, index, argmax)
+        xp.maximum(out, candidate, out=out)
     return out, argmax
 
 
 def max_pool_backward(xp: Any, gout: Any, argmax: Any, x_shape: tuple[int, ...], kernel: tuple[int, int],
                       stride: tuple[int, int]) -> Any:
     """Route each output gradient to the input pixel that won its window (summed where windows overlap)."""
-    n, c, h, w = x_shape
-    kh, kw = kernel
-    oh, ow = gout.shape[2:]
-    offsets = xp.arange(kh * kw).reshape(1, 1, kh * kw, 1, 1)
-    gcols = (offsets == argmax[:, :, None]) * gout[:, :, None]
-    gx = col2im(xp, gcols.reshape(n * c, 1, kh, kw, oh, ow), (n * c, 1, h, w), stride, (0, 0))
-    return gx.reshape(n, c, h, w)
+    gx = xp.zeros(x_shape, dtype=gout.dtype)
+    for index, rows, cols in _offset_slices(kernel, stride, tuple(gout.shape[2:])):
+        gx[:, :, rows, cols] += xp.where(argmax == index, gout, 0)
+    return gx
