@@ -1,0 +1,162 @@
+"""IDX reading and writing, the Dataset checks, and atomic writes."""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from xpnet.data import DataError, Dataset, load_idx_pair, read_idx, write_idx
+from xpnet.data.files import atomic_write
+
+
+def idx_bytes(code, dims, payload):
+    return bytes([0, 0, code, len(dims)]) + np.asarray(dims, ">u4").tobytes() + payload
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int16", "int32", "float32", "float64"])
+@pytest.mark.parametrize("name", ["a.idx", "a.idx.gz"])
+def test_round_trip(tmp_path, dtype, name):
+    array = (np.arange(2 * 3 * 4) - 5).astype(dtype).reshape(2, 3, 4)
+    write_idx(tmp_path / name, array)
+    back = read_idx(tmp_path / name)
+    assert back.dtype == np.dtype(dtype) and back.dtype.isnative
+    np.testing.assert_array_equal(back, array)
+
+
+def test_known_bytes_are_big_endian(tmp_path):
+    write_idx(tmp_path / "x", np.array([1, 256], dtype=np.int32))
+    assert (tmp_path / "x").read_bytes() == bytes([0, 0, 0x0C, 1, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 1, 0])
+
+
+def test_gzip_is_detected_by_magic_not_suffix(tmp_path):
+    array = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    write_idx(tmp_path / "packed.gz", array)
+    os.rename(tmp_path / "packed.gz", tmp_path / "train-images-idx3-ubyte")   # gzip data, no .gz suffix
+    np.testing.assert_array_equal(read_idx(tmp_path / "train-images-idx3-ubyte"), array)
+    write_idx(tmp_path / "raw", array)
+    os.rename(tmp_path / "raw", tmp_path / "raw.gz")                          # raw data, .gz suffix
+    np.testing.assert_array_equal(read_idx(tmp_path / "raw.gz"), array)
+
+
+def test_write_gz_really_compresses(tmp_path):
+    write_idx(tmp_path / "z.gz", np.zeros((50, 50), np.uint8))
+    assert (tmp_path / "z.gz").read_bytes()[:2] == b"\x1f\x8b"
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"", ["magic", "empty"]),
+    (b"\x01\x00\x08\x01\x00\x00\x00\x02\x01\x02", ["magic", "01 00 08 01"]),
+    (idx_bytes(0x07, [2], b"\x01\x02"), ["dtype code 0x07"]),
+    (bytes([0, 0, 8, 0]), ["0 dimensions"]),
+    (bytes([0, 0, 8, 3, 0, 0, 0, 2]), ["header"]),
+    (idx_bytes(0x08, [2, 3], b"\x00" * 5), ["(2, 3)", "need 18 bytes", "has 17"]),
+    (idx_bytes(0x08, [2, 3], b"\x00" * 7), ["need 18 bytes", "has 19"]),
+    (idx_bytes(0x0C, [2], b"\x00" * 7), ["4-byte", "need 16 bytes"]),
+    (b"\x1f\x8b" + b"not really gzip", ["corrupt gzip"]),
+], ids=["empty", "magic", "dtype", "ndim0", "short-header", "short-data", "extra-data", "int32-short", "gzip"])
+def test_bad_idx_names_the_file(tmp_path, data, words):
+    path = tmp_path / "bad-idx3-ubyte"
+    path.write_bytes(data)
+    with pytest.raises(DataError) as err:
+        read_idx(path)
+    assert str(path) in str(err.value)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_truncated_gzip_names_the_file(tmp_path):
+    path = tmp_path / "t.gz"
+    path.write_bytes(gzip.compress(idx_bytes(0x08, [100], bytes(100)))[:-10])
+    with pytest.raises(DataError, match="corrupt gzip") as err:
+        read_idx(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_file_names_the_file(tmp_path):
+    with pytest.raises(DataError) as err:
+        read_idx(tmp_path / "nope")
+    assert str(tmp_path / "nope") in str(err.value)
+
+
+def test_write_rejects_unsupported_dtype(tmp_path):
+    with pytest.raises(ValueError, match="bool"):
+        write_idx(tmp_path / "b", np.zeros(3, bool))
+    assert not (tmp_path / "b").exists()
+
+
+def write_pair(tmp_path, images, labels):
+    write_idx(tmp_path / "images.gz", images)
+    write_idx(tmp_path / "labels", labels)
+    return tmp_path / "images.gz", tmp_path / "labels"
+
+
+def test_load_idx_pair(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 4, 3), dtype=np.uint8)
+    labels = np.array([0, 2, 1, 2, 0], np.uint8)
+    ds = load_idx_pair(*write_pair(tmp_path, images, labels))
+    np.testing.assert_array_equal(ds.images, images)
+    assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [0, 2, 1, 2, 0]
+    assert ds.classes == ["0", "1", "2"] and len(ds) == 5
+    assert load_idx_pair(*write_pair(tmp_path, images, labels), classes=list("abcd")).classes == list("abcd")
+
+
+def test_idx_pair_counts_must_agree(tmp_path):
+    paths = write_pair(tmp_path, np.zeros((5, 2, 2), np.uint8), np.zeros(4, np.uint8))
+    with pytest.raises(DataError, match="counts must agree") as err:
+        load_idx_pair(*paths)
+    assert str(paths[0]) in str(err.value) and str(paths[1]) in str(err.value)
+
+
+def test_idx_pair_labels_out_of_range(tmp_path):
+    paths = write_pair(tmp_path, np.zeros((3, 2, 2), np.uint8), np.array([0, 12, 1], np.uint8))
+    with pytest.raises(DataError, match="label 12 is out of range") as err:
+        load_idx_pair(*paths, classes=[str(i) for i in range(10)])
+    assert str(paths[1]) in str(err.value)
+
+
+@pytest.mark.parametrize("images, labels, bad", [
+    (np.zeros((3, 4), np.uint8), np.zeros(3, np.uint8), 0),          # images not (N, H, W)
+    (np.zeros((3, 2, 2), np.float32), np.zeros(3, np.uint8), 0),     # images not uint8
+    (np.zeros((3, 2, 2), np.uint8), np.zeros((3, 1), np.uint8), 1),  # labels not (N,)
+    (np.zeros((3, 2, 2), np.uint8), np.zeros(3, np.float32), 1),     # labels not integers
+])
+def test_idx_pair_shapes_name_the_file(tmp_path, images, labels, bad):
+    paths = write_pair(tmp_path, images, labels)
+    with pytest.raises(DataError) as err:
+        load_idx_pair(*paths)
+    assert str(paths[bad]) in str(err.value)
+
+
+def test_dataset_validation_and_subset():
+    images = np.arange(4 * 2 * 2, dtype=np.uint8).reshape(4, 2, 2)
+    ds = Dataset(images, np.array([0, 1, 1, 0], np.int32), ["a", "b"])
+    assert ds.labels.dtype == np.int64
+    sub = ds.subset(np.array([3, 1]))
+    np.testing.assert_array_equal(sub.images, images[[3, 1]])
+    assert sub.labels.tolist() == [0, 1] and sub.classes == ["a", "b"] and len(sub) == 2
+    empty = ds.subset(np.array([], np.int64))
+    assert len(empty) == 0 and empty.images.shape == (0, 2, 2)
+    with pytest.raises(DataError, match="4 images but 3 labels"):
+        Dataset(images, np.zeros(3, np.int64), ["a"])
+    with pytest.raises(DataError, match="label 2 is out of range"):
+        Dataset(images, np.array([0, 1, 2, 0]), ["a", "b"])
+    with pytest.raises(DataError, match="label -1 is out of range"):
+        Dataset(images, np.array([0, -1, 1, 0]), ["a", "b"])
+    with pytest.raises(DataError, match="uint8"):
+        Dataset(images.astype(np.float32), np.zeros(4, np.int64), ["a"])
+    assert issubclass(DataError, ValueError)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(path) as f:
+            f.write(b"half of the new")
+            raise RuntimeError("interrupted")
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["f"]
+    with atomic_write(path) as f:
+        f.write(b"new")
+    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["f"]

@@ -1,0 +1,30 @@
+"""File helpers shared by the readers: atomic writes and the user cache directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/xpnet``, else ``~/.cache/xpnet`` (not created here)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "xpnet"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Write to a temporary file beside ``path`` and rename it over ``path`` only once writing succeeded,
+    so a reader never sees a half-written file (an interrupted run leaves the old file or none)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
