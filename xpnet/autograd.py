@@ -106,6 +106,13 @@ class Tensor:
     def detach(self) -> Tensor:
         return Tensor(self.data)
 
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        """DLPack export of the data, no copy: ``np.from_dlpack(t)``, ``torch.from_dlpack(t)`` (no graph)."""
+        return self.data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self.data.__dlpack_device__()
+
     # --- gradients --------------------------------------------------------------------------------------------
     def backward(self, grad: Any = None) -> None:
         """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad."""
@@ -217,6 +224,11 @@ _CONSTANT.requires_grad, _CONSTANT._fn, _CONSTANT._inputs, _CONSTANT.data = Fals
 def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
     """Make a Tensor on the active backend (floats from Python numbers take the default dtype)."""
     return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def from_dlpack(obj: Any, requires_grad: bool = False) -> Tensor:
+    """A Tensor sharing the memory of any DLPack producer (NumPy, CuPy, PyTorch) on the active backend's device."""
+    return Tensor(get_backend().xp.from_dlpack(obj), requires_grad=requires_grad)
 
 
 class Function:
