@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 import xpnet
-from xpnet import random
+from xpnet import distributed, random
 from xpnet.autograd import no_grad
 from xpnet.backend import BackendUnavailable, get_backend
 from xpnet.checkpoint import CheckpointError, check_fits, load_checkpoint, save_checkpoint
@@ -53,37 +54,46 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int) -> 
 
 
 def evaluate(model: Module, loader: DataLoader) -> tuple[float, float, np.ndarray]:
-    """Mean loss, accuracy and host predictions over ``loader`` in eval mode."""
+    """Mean loss, accuracy and host predictions over ``loader`` in eval mode (each rank of a distributed run
+    scores its share of the set; the loss sums are added up and the predictions gathered)."""
     backend = get_backend()
+    world = distributed.world()
     was_training = model.training
     model.eval()
     loss_fn = CrossEntropyLoss()
     loss_sum, predictions = 0.0, []
     with no_grad():
-        for x, y in loader:
+        for x, y in world.shard_loader(loader):
             logits = model(xpnet.Tensor(x))
             loss_sum = loss_sum + loss_fn(logits, y).data * len(y)
             predictions.append(logits.data.argmax(axis=1))
     model.train(was_training)
-    predicted = backend.to_numpy(backend.xp.concatenate(predictions))
+    local = backend.to_numpy(backend.xp.concatenate(predictions)) if predictions else np.empty(0, np.int64)
+    predicted = world.gather(local)
     labels = loader.dataset.labels
-    return float(loss_sum) / len(labels), float((predicted == labels).mean()), predicted
+    return float(world.sum([float(loss_sum)])[0]) / len(labels), float((predicted == labels).mean()), predicted
 
 
 def train_epoch(model: Module, optimizer: Optimizer, loader: DataLoader, desc: str) -> tuple[float, float]:
-    """One pass over ``loader``; returns mean training loss and accuracy (summed on the device, read once)."""
+    """One pass over ``loader``; returns mean training loss and accuracy (summed on the device, read once). In a
+    distributed run each rank trains on its shard of every global batch; the statistics cover all ranks."""
+    world = distributed.world()
     model.train()
     loss_fn = CrossEntropyLoss()
     loss_sum, correct, seen = 0.0, 0, 0
-    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=True if world.rank else None):
+        x, y = world.shard(x, y)
         optimizer.zero_grad()
-        logits = model(xpnet.Tensor(x))
-        loss = loss_fn(logits, y)
-        loss.backward()
+        if len(y):  # a global batch with fewer rows than ranks leaves some ranks none
+            logits = model(xpnet.Tensor(x))
+            loss = loss_fn(logits, y)
+            loss.backward()
+            loss_sum = loss_sum + loss.data * len(y)
+            correct = correct + (logits.data.argmax(axis=1) == y).sum()
+        world.average_gradients(optimizer.params)
         optimizer.step()
-        loss_sum = loss_sum + loss.data * len(y)
-        correct = correct + (logits.data.argmax(axis=1) == y).sum()
         seen += len(y)
+    loss_sum, correct, seen = world.sum([float(loss_sum), int(correct), seen])
     return float(loss_sum) / seen, int(correct) / seen
 
 
@@ -100,6 +110,8 @@ def run_one(config: TrainConfig, batch_size: int, train: Dataset, val: Dataset |
     start_epoch = 1
     if config.resume:
         start_epoch, history, best, best_weights = resume(config, model, optimizer)
+    world = distributed.world()
+    world.broadcast_parameters(model.parameters())  # every rank starts from rank 0's weights
 
     train_loader = make_loader(train, batch_size, shuffle=True, seed=config.seed)
     val_loader = make_loader(val, 1024, shuffle=False, seed=0) if val is not None and len(val) else None
@@ -129,20 +141,22 @@ def run_one(config: TrainConfig, batch_size: int, train: Dataset, val: Dataset |
         else:
             best["bad_epochs"] += 1
         print(format_epoch(history[-1], config.epochs, improved), flush=True)
-        write_jsonl(log_path, history)
-        record = {"config": config.to_dict(), "epoch": epoch, "rng": random.get_state(), "history": history,
-                  "best": best, "backend": backend.name}
-        save_checkpoint(out / "last.npz", model.state_dict(), optimizer.state_dict(), record, best_weights)
-        if improved:
-            save_checkpoint(out / "best.npz", best_weights, optimizer.state_dict(), record)
+        if world.rank == 0:  # the ranks hold the same state; one writes it
+            write_jsonl(log_path, history)
+            record = {"config": config.to_dict(), "epoch": epoch, "rng": random.get_state(), "history": history,
+                      "best": best, "backend": backend.name}
+            save_checkpoint(out / "last.npz", model.state_dict(), optimizer.state_dict(), record, best_weights)
+            if improved:
+                save_checkpoint(out / "best.npz", best_weights, optimizer.state_dict(), record)
 
     if val_loader is not None:
         model.load_state_dict(best_weights)  # early stopping keeps the best validation weights
     test_loss, test_acc, predicted = evaluate(model, make_loader(test, 1024, shuffle=False, seed=0))
-    title = f"{config.model}, batch {batch_size}, {backend.name} backend"
-    plot_curves(history, out / "curves.png", title)
-    counts = confusion_matrix(test.labels, predicted, len(test.classes))
-    plot_confusion(counts, test.classes, out / "confusion.png", f"{title}: test accuracy {100 * test_acc:.2f}%")
+    if world.rank == 0:
+        title = f"{config.model}, batch {batch_size}, {backend.name} backend"
+        plot_curves(history, out / "curves.png", title)
+        counts = confusion_matrix(test.labels, predicted, len(test.classes))
+        plot_confusion(counts, test.classes, out / "confusion.png", f"{title}: test accuracy {100 * test_acc:.2f}%")
     return RunResult(batch_size, history, test_loss, test_acc, seconds, len(history))
 
 
@@ -178,6 +192,9 @@ def format_epoch(h: dict[str, Any], epochs: int, improved: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        world = distributed.init()
+        if world.rank:
+            sys.stdout = open(os.devnull, "w")  # rank 0 alone prints
         config = load_config(argv)
         if config.resume:
             config = resumed_config(config)
@@ -200,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         header = {"model": config.model, "optimizer": f"{config.optimizer} lr={config.lr}",
                   "backend": backend.name, "machine": machine_description(), "data": data.source,
                   "command": " ".join(["python -m xpnet.train", *(argv if argv is not None else sys.argv[1:])])}
-        write_summary(out / "summary.md", [dataclasses.asdict(r) for r in results], header)
+        if world.rank == 0:
+            write_summary(out / "summary.md", [dataclasses.asdict(r) for r in results], header)
         print(f"wrote {out / 'summary.md'}")
         return 0
     except (ConfigError, DataError, CheckpointError, BackendUnavailable, TrainingDiverged) as exc:
@@ -209,4 +227,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(distributed.run(main))
