@@ -1,0 +1,127 @@
+"""Options, fixtures and JSON additions shared by the benchmark suites (run explicitly: ``pytest benchmarks/...``).
+
+- Collects ``bench_*.py`` files when a whole folder is given (pytest's default pattern is ``test_*.py``), and
+  runs the PyTorch peer after everything else.
+- ``train_set``: real MNIST when present (``--data``, ``XPNET_DATA``, else ``../shared/data/mnist`` beside the
+  repository), otherwise synthetic images of the same shape, so timings never depend on the data being there.
+- ``epoch_plan``: how each batch size's epoch is timed (``--full-epochs``, ``--epoch-images``).
+- Adds to the ``--benchmark-json`` file what the report needs to say where and how it was measured: machine,
+  versions, thread counts, the command, and why any test was skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pytest
+
+import xpnet
+from harness import EPOCH_IMAGES, SEED, SMOKE, SMOKE_IMAGES, EpochPlan, blas_threads, make_plan, rounds
+from xpnet.data import Dataset, load_mnist
+from xpnet.data.mnist import CLASSES
+from xpnet.reports import machine_description
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+VERSIONS = ("numpy", "numba", "torch", "cupy-cuda12x", "pytest-benchmark")
+_skipped: dict[str, str] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("xpnet benchmarks")
+    group.addoption("--data", default=None,
+                    help="MNIST for the training benchmarks (as python -m xpnet.train --data); default $XPNET_DATA, "
+                         f"else {SHARED_MNIST} if present, else synthetic images of the same shape")
+    group.addoption("--full-epochs", default="64" if SMOKE else "128",
+                    help="comma-separated batch sizes timed over whole epochs (default: %(default)s)")
+    group.addoption("--epoch-images", type=int, default=16 if SMOKE else 12_000,
+                    help="images per timed round for the other batch sizes, scaled to a full epoch "
+                         "(default: %(default)s)")
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
+    """Collect ``bench_*.py`` under a folder argument; a file named on the command line pytest collects itself."""
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the PyTorch peer last, whatever the order of the command line: it imports torch, whose OpenMP
+    runtime slows Numba's kernels for the rest of the process (see bench_torch.py)."""
+    items.sort(key=lambda item: item.path.name == "bench_torch.py")
+
+
+@dataclass(frozen=True)
+class TrainSet:
+    """The images the training benchmarks run on and where they came from."""
+
+    data: Dataset
+    source: str
+
+
+@pytest.fixture(scope="session")
+def train_set(request: pytest.FixtureRequest) -> TrainSet:
+    named = request.config.getoption("--data") or os.environ.get("XPNET_DATA")
+    path = named or (SHARED_MNIST if SHARED_MNIST.is_dir() else None)
+    if path is not None:
+        mnist = load_mnist(path)  # a named path must hold data, as for python -m xpnet.train
+        data, source = mnist.train, f"MNIST training set ({mnist.source})"
+    else:
+        rng = np.random.default_rng(SEED)
+        data = Dataset(rng.integers(0, 256, (EPOCH_IMAGES, 28, 28), dtype=np.uint8),
+                       rng.integers(0, len(CLASSES), EPOCH_IMAGES), CLASSES)
+        source = "synthetic uint8 images of MNIST's shape (no MNIST found)"
+    if SMOKE:
+        return TrainSet(data.subset(np.arange(SMOKE_IMAGES)), f"first {SMOKE_IMAGES} images of the {source}")
+    return TrainSet(data, source)
+
+
+@pytest.fixture(autouse=True)
+def _numpy_backend() -> Iterator[None]:
+    """Every benchmark starts and ends on the NumPy backend; the ones that need another select it."""
+    xpnet.use("numpy")
+    yield
+    xpnet.use("numpy")
+
+
+@pytest.fixture(scope="session")
+def epoch_plan(request: pytest.FixtureRequest, train_set: TrainSet) -> Callable[[int], EpochPlan]:
+    """batch size -> how its epoch is timed, from ``--full-epochs`` and ``--epoch-images``."""
+    config = request.config
+    full = tuple(int(b) for b in config.getoption("--full-epochs").split(",") if b.strip())
+    images = config.getoption("--epoch-images")
+    return lambda batch_size: make_plan(batch_size, len(train_set.data), full, images, rounds(2))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        _skipped[report.nodeid] = report.longrepr[2].removeprefix("Skipped: ")
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict[str, Any]) -> None:
+    """Record where, with what and how the run was made, under the ``xpnet`` key."""
+    versions = {"python": platform.python_version(), **{name: _version(name) for name in VERSIONS}}
+    output_json["xpnet"] = {
+        "machine": machine_description(),
+        "cpu_count": os.cpu_count(),
+        "versions": {name: v for name, v in versions.items() if v is not None},
+        "blas_threads": blas_threads(),
+        "smoke": SMOKE,
+        "command": shlex.join(["python", "-m", "pytest", *config.invocation_params.args]),
+        "skipped": dict(_skipped),
+    }
