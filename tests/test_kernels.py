@@ -138,3 +138,12 @@ def test_max_pool_backward_sums_overlapping_windows():
 def test_window_that_does_not_fit_is_a_clear_error():
     with pytest.raises(ValueError, match="does not fit"):
         xpnet.get_backend().im2col(np.zeros((1, 1, 2, 2)), (3, 3), (1, 1), (0, 0))
+
+
+def test_max_pool_nan_wins_its_window_and_gets_the_gradient():
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    x[0, 0, 1, 0] = np.nan
+    out, arg = xpnet.get_backend().max_pool_forward(x, (2, 2), (2, 2))
+    assert np.isnan(out[0, 0, 0, 0]) and arg[0, 0, 0, 0] == 2
+    gx = xpnet.get_backend().max_pool_backward(np.ones_like(out), arg, x.shape, (2, 2), (2, 2))
+    assert gx[0, 0, 1, 0] == 1 and gx[0, 0, 1, 1] == 0

@@ -160,3 +160,13 @@ def test_cross_entropy_is_stable_at_large_logits():
     assert np.isfinite(logits.grad).all()
     bad = nn.CrossEntropyLoss()(xpnet.tensor(np.array([[0.0, 1000.0]])), np.array([0]))
     assert bad.item() == pytest.approx(1000.0)
+
+
+def test_failed_load_state_dict_changes_nothing():
+    model = xpnet.build_model("report1")
+    before = model.state_dict()
+    state = {k: np.zeros_like(v) for k, v in before.items()}
+    state["5.bias"] = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="5.bias"):
+        model.load_state_dict(state)
+    assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())

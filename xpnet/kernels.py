@@ -76,7 +76,9 @@ def max_pool_forward(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[int
             out = candidate.copy()
             argmax = xp.zeros(out.shape, dtype=xp.int64)
             continue
-        argmax = xp.where(candidate > out, index, argmax)
+        # a NaN wins over numbers and the first NaN wins over later ones, as np.argmax and the Numba kernel
+        wins = (candidate > out) | (xp.isnan(candidate) & ~xp.isnan(out))
+        argmax = xp.where(wins, index, argmax)
         xp.maximum(out, candidate, out=out)
     return out, argmax
 

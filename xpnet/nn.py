@@ -103,14 +103,13 @@ class Module:
         if strict and (missing or unexpected):
             raise KeyError(f"state_dict does not fit {type(self).__name__}: missing keys {missing}, "
                            f"unexpected keys {unexpected}")
+        values = {name: np.asarray(state[name]) for name in own if name in state}
+        for name, value in values.items():  # check every shape before writing any, so a failure changes nothing
+            if value.shape != own[name].shape:
+                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, the model expects {own[name].shape}")
         backend = get_backend()
-        for name, p in own.items():
-            if name not in state:
-                continue
-            value = np.asarray(state[name])
-            if value.shape != p.shape:
-                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, the model expects {p.shape}")
-            p.data = backend.asarray(value, dtype=p.dtype)
+        for name, value in values.items():
+            own[name].data = backend.asarray(value, dtype=own[name].dtype)
 
     def extra_repr(self) -> str:
         return ""
