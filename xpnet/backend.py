@@ -48,6 +48,10 @@ class Backend:
     - ``max_pool_forward(x, kernel, stride)`` -> ``(out, argmax)`` with argmax the flat index in the window
       (row-major over KH, KW; the first maximum wins, as in PyTorch); ``max_pool_backward(gout, argmax,
       x_shape, kernel, stride)`` -> gx.
+    - ``conv2d_forward(x, w, b, stride, padding)`` -> ``(out, residual)``: out ``(N, OC, OH, OW)``; residual is
+      whatever this backend's ``conv2d_backward(residual, w, g, x_shape, stride, padding, needs)`` needs to
+      return ``(gx, gw, gb)`` (None where ``needs`` is False). The generic pair is im2col + one batched matmul,
+      and its residual is the columns.
     """
 
     name: str = "abstract"
@@ -83,6 +87,34 @@ class Backend:
     def max_pool_backward(self, gout: Any, argmax: Any, x_shape: tuple[int, ...], kernel: tuple[int, int],
                           stride: tuple[int, int]) -> Any:
         return kernels.max_pool_backward(self.xp, gout, argmax, x_shape, kernel, stride)
+
+    def conv2d_forward(self, x: Any, w: Any, b: Any, stride: tuple[int, int],
+                       padding: tuple[int, int]) -> tuple[Any, Any]:
+        """im2col, then one batched matmul ``W (OC, C*KH*KW) @ cols (N, C*KH*KW, OH*OW)``: already NCHW."""
+        n, c, _, _ = x.shape
+        oc, _, kh, kw = w.shape
+        cols = self.im2col(x, (kh, kw), stride, padding)              # (N, C, KH, KW, OH, OW)
+        oh, ow = cols.shape[4:]
+        cols = cols.reshape(n, c * kh * kw, oh * ow)
+        out = w.reshape(oc, c * kh * kw) @ cols
+        if b is not None:
+            out += b.reshape(1, oc, 1)
+        return out.reshape(n, oc, oh, ow), cols
+
+    def conv2d_backward(self, cols: Any, w: Any, g: Any, x_shape: tuple[int, ...], stride: tuple[int, int],
+                        padding: tuple[int, int], needs: tuple[bool, bool, bool]) -> tuple[Any, Any, Any]:
+        """Two matmuls and col2im; the input gradient (the costly part) only when ``needs[0]``."""
+        need_x, need_w, need_b = needs
+        n, oc, oh, ow = g.shape
+        _, c, kh, kw = w.shape
+        g = g.reshape(n, oc, oh * ow)
+        gw = (g @ cols.swapaxes(1, 2)).sum(axis=0).reshape(w.shape) if need_w else None
+        gb = g.sum(axis=(0, 2)) if need_b else None
+        gx = None
+        if need_x:
+            gcols = (w.reshape(oc, c * kh * kw).T @ g).reshape(n, c, kh, kw, oh, ow)
+            gx = self.col2im(gcols, x_shape, stride, padding)
+        return gx, gw, gb
 
     def __repr__(self) -> str:
         return f"<xpnet backend {self.name!r}>"

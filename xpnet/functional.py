@@ -1,8 +1,8 @@
 """Neural-network operations as autograd Functions with hand-written, vectorised backward passes.
 
-Convolution is im2col + one batched matmul; its backward is two matmuls + col2im. The hot kernels come from the
-active backend, so the same code runs on NumPy, Numba and CuPy. No loop here runs over samples, channels or
-pixels.
+Convolution and pooling are kernels of the active backend (generic: im2col + one batched matmul; Numba: direct
+convolution for small layers), so the same code runs on NumPy, Numba and CuPy. No loop here runs over samples,
+channels or pixels.
 """
 
 from __future__ import annotations
@@ -29,34 +29,16 @@ class Conv2d(Function):
         if x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
             raise ValueError(f"conv2d expects x (N, C, H, W) and weight (OC, C, KH, KW) with matching C, "
                              f"got x {x.shape} and weight {w.shape}")
-        backend = get_backend()
-        n, c, _, _ = x.shape
-        oc, _, kh, kw = w.shape
-        cols = backend.im2col(x, (kh, kw), stride, padding)          # (N, C, KH, KW, OH, OW)
-        oh, ow = cols.shape[4:]
-        cols = cols.reshape(n, c * kh * kw, oh * ow)
-        w2 = w.reshape(oc, c * kh * kw)
-        out = w2 @ cols                                                # (N, OC, OH*OW): already NCHW
-        if b is not None:
-            out += b.reshape(1, oc, 1)
-        ctx.save_for_backward(cols, w2)
-        ctx.x_shape, ctx.w_shape, ctx.stride, ctx.padding = x.shape, w.shape, stride, padding
-        return out.reshape(n, oc, oh, ow)
+        out, residual = get_backend().conv2d_forward(x, w, b, stride, padding)
+        ctx.save_for_backward(residual, w)
+        ctx.x_shape, ctx.stride, ctx.padding = x.shape, stride, padding
+        return out
 
     @staticmethod
     def backward(ctx: Context, g):
-        cols, w2 = ctx.saved
-        need_x, need_w, need_b = ctx.needs_input_grad
-        n, oc, oh, ow = g.shape
-        g = g.reshape(n, oc, oh * ow)
-        gw = (g @ cols.swapaxes(1, 2)).sum(axis=0).reshape(ctx.w_shape) if need_w else None
-        gb = g.sum(axis=(0, 2)) if need_b else None
-        gx = None
-        if need_x:
-            _, c, kh, kw = ctx.w_shape
-            gcols = (w2.T @ g).reshape(n, c, kh, kw, oh, ow)
-            gx = get_backend().col2im(gcols, ctx.x_shape, ctx.stride, ctx.padding)
-        return gx, gw, gb
+        residual, w = ctx.saved
+        needs = ctx.needs_input_grad
+        return get_backend().conv2d_backward(residual, w, g, ctx.x_shape, ctx.stride, ctx.padding, needs)
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: IntPair = 1,
