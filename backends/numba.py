@@ -9,19 +9,22 @@ Kernels are cached on disk (``cache=True``): only the first process on a machine
 
 from __future__ import annotations
 
-import os
 import time
+import warnings
 from typing import Any, Iterable
 
 import numpy
 
+from xpnet import threads
+
 # Idle OpenMP workers must sleep, not spin: spinning ones starve OpenBLAS's matmul threads between our kernels
 # (a report-1 step at batch 64 took 2x longer than on the NumPy backend). Set before numba starts its pool.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+threads.set_default(*threads.OPENMP_WAIT)
 
 from numba import njit, prange, uint64  # noqa: E402
 
 from xpnet.backend import Backend  # noqa: E402
+from xpnet.backends import numba_conv  # noqa: E402
 from xpnet.kernels import out_size  # noqa: E402
 
 
@@ -161,10 +164,18 @@ def _check_shape(what: str, shape: tuple[int, ...], expected: tuple[int, ...]) -
 
 
 class NumbaBackend(Backend):
-    """NumPy arrays; im2col, col2im and max pooling as parallel, cached Numba kernels."""
+    """NumPy arrays; direct convolution for small stride-1 layers, and im2col, col2im and max pooling as parallel,
+    cached Numba kernels."""
 
     name = "numba"
     xp = numpy
+
+    def __init__(self) -> None:
+        if not threads.openblas_spin_limited():
+            warnings.warn("NumPy was imported before xpnet, so OpenBLAS's idle threads spin for 0.1 s after each "
+                          "matmul and slow the Numba backend's kernels (about 1.4x for LeNet-5 on 2 cores): import "
+                          "xpnet first, or set OPENBLAS_THREAD_TIMEOUT=4 before starting Python",
+                          RuntimeWarning, stacklevel=2)
 
     def im2col(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> Any:
         (kh, kw), (sy, sx), (ph, pw) = kernel, stride, padding
@@ -202,6 +213,27 @@ class NumbaBackend(Backend):
             _max_pool_backward(gout, argmax, gx, *kernel, *stride)
         return gx
 
+    def conv2d_forward(self, x: Any, w: Any, b: Any, stride: tuple[int, int],
+                       padding: tuple[int, int]) -> tuple[Any, Any]:
+        """Direct convolution where it pays (``numba_conv.direct_pays``; its residual is the input), else the
+        generic im2col + matmul (its residual is the columns)."""
+        if numba_conv.direct_pays(x.shape, w.shape, stride, padding):
+            x = numpy.ascontiguousarray(x)
+            return numba_conv.conv_forward(x, numpy.ascontiguousarray(w), b, padding), x
+        return super().conv2d_forward(x, w, b, stride, padding)
+
+    def conv2d_backward(self, residual: Any, w: Any, g: Any, x_shape: tuple[int, ...], stride: tuple[int, int],
+                        padding: tuple[int, int], needs: tuple[bool, bool, bool]) -> tuple[Any, Any, Any]:
+        if not numba_conv.direct_pays(x_shape, w.shape, stride, padding):
+            return super().conv2d_backward(residual, w, g, x_shape, stride, padding, needs)
+        need_x, need_w, need_b = needs
+        g = numpy.ascontiguousarray(g)
+        gx = numba_conv.conv_input_grad(g, w, padding) if need_x else None
+        gw = gb = None
+        if need_w or need_b:
+            gw, gb = numba_conv.conv_param_grads(residual, g, w.shape, padding)
+        return gx, gw if need_w else None, gb if need_b else None
+
     @classmethod
     def warm_up(cls, dtypes: Iterable[str] = ("float32", "float64")) -> float:
         """Compile (or load from the disk cache) every kernel for ``dtypes`` on tiny inputs; returns seconds taken."""
@@ -210,6 +242,9 @@ class NumbaBackend(Backend):
         for dtype in dtypes:
             x = numpy.zeros((1, 1, 4, 4), dtype=dtype)
             backend.col2im(backend.im2col(x, (3, 3), (1, 1), (1, 1)), x.shape, (1, 1), (1, 1))
+            w = numpy.zeros((1, 1, 3, 3), dtype=dtype)
+            out, residual = backend.conv2d_forward(x, w, w[:, 0, 0, 0], (1, 1), (1, 1))
+            backend.conv2d_backward(residual, w, out, x.shape, (1, 1), (1, 1), (True, True, True))
             for kernel, stride in (((2, 2), (2, 2)), ((3, 3), (1, 1))):
                 out, argmax = backend.max_pool_forward(x, kernel, stride)
                 backend.max_pool_backward(out, argmax, x.shape, kernel, stride)

@@ -9,13 +9,17 @@ where oneDNN builds its kernels) is kept out of the timed rounds and reported ap
 
 torch is imported by the first test here, never at collection, and ``conftest.py`` runs these tests last:
 importing torch loads its own OpenMP runtime beside the system one Numba's ``omp`` threading layer uses, and that
-slows the Numba backend's kernels (about 1.7x on the 2-core machine this was written on).
+slows the Numba backend's kernels (about 1.7x on the 2-core machine this was written on). Before importing torch
+the environment variables xpnet set for its own thread pools are removed (``xpnet.threads``), so PyTorch's
+OpenMP runtime starts with the user's settings: with xpnet's ``OMP_WAIT_POLICY=passive`` PyTorch ran 1.2-1.7x
+slower here, which would flatter xpnet.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import itertools
+import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -34,7 +38,8 @@ pytestmark = [pytest.mark.benchmark(group="epoch"),
 
 @pytest.fixture
 def threads() -> Iterator[int]:
-    """Run PyTorch on as many threads as xpnet's BLAS uses; restore its setting afterwards."""
+    """Run PyTorch on as many threads as xpnet's BLAS uses, in the user's environment; restore afterwards."""
+    xpnet.threads.restore_user_environment()  # before torch loads its OpenMP runtime (see the module docstring)
     import torch  # here and below: imported when the tests run, not at collection (see the module docstring)
 
     previous = torch.get_num_threads()
@@ -106,4 +111,9 @@ def test_epoch_torch(benchmark: Any, batch_size: int, model_name: str, train_set
         framework="pytorch", backend="pytorch", model=model_name, **plan.info(), first_step_s=first_step_s,
         train_loss=losses[-1], data=train_set.source, flops_per_epoch=cost.flops(plan.epoch_images),
         bytes_per_epoch=cost.bytes(plan.epoch_images), torch_threads=threads, blas_threads=blas_threads(),
-        torch_version=torch.__version__)
+        torch_version=torch.__version__, thread_environment=thread_environment())
+
+
+def thread_environment() -> dict[str, str | None]:
+    """The thread-pool variables PyTorch ran under (the user's, once xpnet's own are removed)."""
+    return {name: os.environ.get(name) for name in (xpnet.threads.OPENMP_WAIT[0], xpnet.threads.OPENBLAS_SPIN[0])}

@@ -19,10 +19,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import xpnet  # noqa: I001  (before NumPy, as in user code, so OpenBLAS loads with xpnet/threads.py's settings)
 import numpy as np
 import pytest
 
-import xpnet
 from harness import EPOCH_IMAGES, SEED, SMOKE, SMOKE_IMAGES, EpochPlan, blas_threads, make_plan, rounds
 from xpnet.data import Dataset, load_mnist
 from xpnet.data.mnist import CLASSES
@@ -121,6 +121,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output
         "cpu_count": os.cpu_count(),
         "versions": {name: v for name, v in versions.items() if v is not None},
         "blas_threads": blas_threads(),
+        "openblas_spin_limited": xpnet.threads.openblas_spin_limited(),
         "smoke": SMOKE,
         "command": shlex.join(["python", "-m", "pytest", *config.invocation_params.args]),
         "skipped": dict(_skipped),

@@ -1,9 +1,8 @@
 """Shared fixtures: every test starts on the NumPy backend with float32 defaults and a fixed seed."""
 
+import xpnet  # noqa: I001  (before NumPy, as in user code: see xpnet/threads.py)
 import numpy as np
 import pytest
-
-import xpnet
 
 
 @pytest.fixture(autouse=True)

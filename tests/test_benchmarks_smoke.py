@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+import xpnet
 
 REPO = Path(__file__).resolve().parents[1]
 # The pytest-benchmark suites: bench_*.py files that define tests (a bench_*.py may also be a plain script).
@@ -34,8 +35,8 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
     out = tmp_path_factory.mktemp("bench")
     command = [sys.executable, "-m", "pytest", *SUITES, "-q", "-p", "no:cacheprovider",
                f"--benchmark-json={out / 'results.json'}", f"--junitxml={out / 'junit.xml'}"]
-    done = subprocess.run(command, cwd=REPO, env={**os.environ, "XPNET_BENCH_SMOKE": "1"}, capture_output=True,
-                          text=True, timeout=600)
+    env = {**xpnet.threads.user_environment(), "XPNET_BENCH_SMOKE": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     return done, out
 
 
@@ -69,3 +70,15 @@ def test_report_renders_every_table(smoke_run: tuple[subprocess.CompletedProcess
         assert (tmp_path / chart).stat().st_size > 0
     epochs = [b for b in json.loads((out / "results.json").read_text())["benchmarks"] if b["group"] == "epoch"]
     assert {"numpy", *(["pytorch"] if HAS_TORCH else [])} <= {b["extra_info"]["backend"] for b in epochs}
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed: pip install torch==2.13.0")
+def test_pytorch_runs_in_the_users_thread_environment(smoke_run: tuple[subprocess.CompletedProcess, Path]) -> None:
+    """xpnet's OMP_WAIT_POLICY=passive slowed PyTorch 1.2-1.7x; the peer must not inherit it."""
+    done, out = smoke_run
+    peers = [b for b in json.loads((out / "results.json").read_text())["benchmarks"]
+             if b["extra_info"].get("framework") == "pytorch"]
+    assert peers, f"the PyTorch peer did not run:\n{done.stdout[-3000:]}"
+    for peer in peers:
+        for name, value in peer["extra_info"]["thread_environment"].items():
+            assert value == xpnet.threads.user_environment().get(name), f"PyTorch ran with {name}={value}"

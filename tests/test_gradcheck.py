@@ -21,10 +21,15 @@ def test_op_gradients(name, fn, shapes):
     assert max_relative_error(fn, [randn(*s) for s in shapes]) < TOL
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("kernel", [1, 3, 5])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("padding", [0, 1, 2])
-def test_conv2d_gradients(kernel, stride, padding):
+def test_conv2d_gradients(kernel, stride, padding, backend):
+    """On NumPy (im2col + matmul) and Numba (direct convolution at stride 1 when padding < kernel)."""
+    if backend == "numba":
+        pytest.importorskip("numba", reason="the numba backend needs numba: pip install 'xpnet[numba]'")
+    xpnet.use(backend)
     x = randn(2, 3, 7, 9)  # non-square input
     w = randn(4, 3, kernel, kernel)
     b = randn(4)

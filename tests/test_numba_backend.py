@@ -190,6 +190,7 @@ def test_kernels_load_from_the_disk_cache_in_a_new_process(nb):
     misses = _run(
         "from xpnet.backends import numba as m\n"
         "m.NumbaBackend.warm_up()\n"
-        "kernels = [m._im2col, m._col2im, m._max_pool_forward, m._max_pool_backward, m._max_pool_backward_tiled]\n"
+        "kernels = [m._im2col, m._col2im, m._max_pool_forward, m._max_pool_backward, m._max_pool_backward_tiled,\n"
+        "           m.numba_conv._conv_forward, m.numba_conv._conv_weight_grad]\n"
         "print(sum(sum(k.stats.cache_misses.values()) for k in kernels))\n")
     assert misses.strip() == "0"

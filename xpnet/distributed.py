@@ -253,6 +253,7 @@ def run(main: Callable[[], int]) -> int:
     except BaseException:
         if isinstance(_current, MpiWorld):
             sys.stderr.write(traceback.format_exc())  # one write: the launcher may drop output once Abort begins
+            sys.stderr.flush()
             _current.abort(1)
         raise
     if code and isinstance(_current, MpiWorld):

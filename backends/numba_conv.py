@@ -1,0 +1,189 @@
+"""Direct convolution (stride 1) for the Numba backend: no column matrix, for layers with few channels.
+
+For such layers im2col + GEMM spends its time writing and re-reading a column matrix C*KH*KW times the size of
+the input, and BLAS runs skinny GEMMs (OC = 3..16 rows) far below its peak. Here each sample's input is copied
+once into a zero-padded plane stack, and the output is computed along one *long row*: output pixel (y, x) sits
+at ``y * Wp + x`` of a width-padded plane (Wp = padded input width), so kernel tap (c, i, j) reads the input at
+the constant offset ``c*Hp*Wp + i*Wp + j`` and every tap is one contiguous multiply-add over OH*Wp elements (the
+Wp - OW columns past each row are computed and dropped). The loops take 4 taps x 2 output channels per pass, so
+each pass loads 4 input values, 2 accumulators and stores 2 for 8 multiply-adds; LLVM vectorises them.
+
+- forward: ``_conv_forward`` (above);
+- input gradient: for stride 1 it *is* a forward convolution of the output gradient padded by K-1-P with the
+  weights flipped and in/out channels swapped, so it reuses ``_conv_forward``;
+- weight and bias gradients: ``_conv_weight_grad``, the same long rows as dot products, one partial sum per
+  sample (summed afterwards in a fixed order, so results do not depend on the thread count).
+
+Every sample is one ``prange`` iteration writing only its own output, so there are no races.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy
+from numba import njit, prange, uint64
+
+TAPS_PER_PASS, CHANNELS_PER_PASS = 4, 2
+MAX_MACS_PER_PIXEL = 4096  # C*KH*KW*OC up to which direct convolution beat im2col + GEMM (docs/performance.md)
+
+
+def direct_pays(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, int],
+                padding: tuple[int, int]) -> bool:
+    """Whether the direct kernels handle this convolution: stride 1, padding below the kernel size (so the input
+    gradient is a forward convolution with non-negative padding), and few multiply-adds per output pixel."""
+    oc, c, kh, kw = w_shape
+    return (tuple(stride) == (1, 1) and padding[0] < kh and padding[1] < kw
+            and c * kh * kw * oc <= MAX_MACS_PER_PIXEL)
+
+
+def _taps(c: int, kh: int, kw: int, hp: int, wp: int) -> numpy.ndarray:
+    """Flat offset of tap (c, i, j) in a padded (C, Hp, Wp) plane stack, zero-padded to whole passes."""
+    ci, i, j = numpy.meshgrid(numpy.arange(c), numpy.arange(kh), numpy.arange(kw), indexing="ij")
+    offsets = (ci * hp * wp + i * wp + j).reshape(-1).astype(numpy.uint64)
+    return numpy.pad(offsets, (0, -len(offsets) % TAPS_PER_PASS))
+
+
+def _tap_weights(w: Any) -> numpy.ndarray:
+    """w (OC, C, KH, KW) as (OC, taps), zero-padded to whole passes: a padded tap or channel adds nothing."""
+    oc = w.shape[0]
+    flat = w.reshape(oc, -1)
+    return numpy.pad(flat, ((0, -oc % CHANNELS_PER_PASS), (0, -flat.shape[1] % TAPS_PER_PASS)))
+
+
+@njit(cache=True, inline="always")
+def _padded_sample(x, s, ph, pw, tail):
+    """Sample ``s`` of x (N, C, H, W) as one flat zero-padded (C, H+2ph, W+2pw) stack plus ``tail`` zeros."""
+    _, c, h, w = x.shape
+    hp, wp = h + 2 * ph, w + 2 * pw
+    xf = x.reshape(-1)
+    buf = numpy.zeros(c * hp * wp + tail, dtype=x.dtype)
+    uw = uint64(w)
+    for ci in range(c):
+        for y in range(h):
+            d = uint64((ci * hp + y + ph) * wp + pw)
+            src = uint64(((s * c + ci) * h + y) * w)
+            for k in range(uw):
+                buf[d + k] = xf[src + k]
+    return buf
+
+
+@njit(parallel=True, cache=True, fastmath={"contract"})
+def _conv_forward(x, weights, bias, taps, out, ph, pw, kw):
+    """out[s, o] = bias[o] + sum over taps q of weights[o, q] * (padded x[s])[taps[q] + long-row position]."""
+    n, _, h, w = x.shape
+    oc, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    wp = w + 2 * pw
+    row = uint64(oh * wp)
+    of = out.reshape(-1)
+    for s in prange(n):
+        xp = _padded_sample(x, s, ph, pw, kw)  # the last tap's long row runs kw - 1 past the planes
+        acc0 = numpy.empty(row, dtype=x.dtype)
+        acc1 = numpy.empty(row, dtype=x.dtype)
+        for o in range(0, weights.shape[0], 2):
+            b0, b1 = bias[o], bias[o + 1]
+            for k in range(row):
+                acc0[k] = b0
+                acc1[k] = b1
+            for q in range(0, taps.shape[0], 4):
+                f0, f1, f2, f3 = taps[q], taps[q + 1], taps[q + 2], taps[q + 3]
+                w00, w01, w02, w03 = weights[o, q], weights[o, q + 1], weights[o, q + 2], weights[o, q + 3]
+                w10, w11, w12, w13 = weights[o + 1, q], weights[o + 1, q + 1], weights[o + 1, q + 2], weights[o + 1, q + 3]
+                for k in range(row):
+                    x0, x1, x2, x3 = xp[f0 + k], xp[f1 + k], xp[f2 + k], xp[f3 + k]
+                    acc0[k] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+                    acc1[k] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+            for oi in range(2):
+                if o + oi < oc:
+                    acc = acc0 if oi == 0 else acc1
+                    base = uint64((s * oc + o + oi) * oh * ow)
+                    for y in range(oh):
+                        d, src = base + uint64(y * ow), uint64(y * wp)
+                        for k in range(uint64(ow)):
+                            of[d + k] = acc[src + k]
+
+
+@njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
+def _conv_weight_grad(x, g, taps, ntaps, gw_part, gb_part, ph, pw, kw):
+    """gw_part[s, o, q] = sum of g[s, o] * (padded x[s])[taps[q] + ...] over the long row; gb_part[s, o] = sum g[s, o].
+
+    ``reassoc`` lets LLVM keep vector partial sums; the order is fixed by the code, not by the thread count.
+    """
+    n, _, h, w = x.shape
+    oc, oh, ow = g.shape[1], g.shape[2], g.shape[3]
+    wp = w + 2 * pw
+    row = uint64(oh * wp)
+    gf = g.reshape(-1)
+    for s in prange(n):
+        xp = _padded_sample(x, s, ph, pw, kw)
+        ge = numpy.zeros((oc + oc % 2) * row, dtype=g.dtype)  # g[s] in long rows, zero past each row's end
+        for o in range(oc):
+            for y in range(oh):
+                d, src = uint64(o) * row + uint64(y * wp), uint64(((s * oc + o) * oh + y) * ow)
+                for k in range(uint64(ow)):
+                    ge[d + k] = gf[src + k]
+        for o in range(0, oc, 2):
+            r0, r1 = uint64(o) * row, uint64(o + 1) * row
+            b0 = b1 = g.dtype.type(0)
+            for k in range(row):
+                b0 += ge[r0 + k]
+                b1 += ge[r1 + k]
+            gb_part[s, o] = b0
+            if o + 1 < oc:
+                gb_part[s, o + 1] = b1
+            for q in range(0, taps.shape[0], 4):
+                f0, f1, f2, f3 = taps[q], taps[q + 1], taps[q + 2], taps[q + 3]
+                s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = g.dtype.type(0)
+                for k in range(row):
+                    g0, g1 = ge[r0 + k], ge[r1 + k]
+                    x0, x1, x2, x3 = xp[f0 + k], xp[f1 + k], xp[f2 + k], xp[f3 + k]
+                    s00 += g0 * x0
+                    s01 += g0 * x1
+                    s02 += g0 * x2
+                    s03 += g0 * x3
+                    s10 += g1 * x0
+                    s11 += g1 * x1
+                    s12 += g1 * x2
+                    s13 += g1 * x3
+                for t, v0, v1 in ((0, s00, s10), (1, s01, s11), (2, s02, s12), (3, s03, s13)):
+                    if q + t < ntaps:
+                        gw_part[s, o, q + t] = v0
+                        if o + 1 < oc:
+                            gw_part[s, o + 1, q + t] = v1
+
+
+def conv_forward(x: numpy.ndarray, w: numpy.ndarray, b: numpy.ndarray | None,
+                 padding: tuple[int, int]) -> numpy.ndarray:
+    """Stride-1 convolution of x (N, C, H, W) with w (OC, C, KH, KW), plus b, as (N, OC, OH, OW)."""
+    n, c, h, wd = x.shape
+    oc, _, kh, kw = w.shape
+    (ph, pw) = padding
+    out = numpy.empty((n, oc, h + 2 * ph - kh + 1, wd + 2 * pw - kw + 1), dtype=x.dtype)
+    bias = numpy.zeros(oc + oc % CHANNELS_PER_PASS, dtype=x.dtype)
+    if b is not None:
+        bias[:oc] = b
+    taps = _taps(c, kh, kw, h + 2 * ph, wd + 2 * pw)
+    _conv_forward(numpy.ascontiguousarray(x), _tap_weights(w), bias, taps, out, ph, pw, kw)
+    return out
+
+
+def conv_input_grad(g: numpy.ndarray, w: numpy.ndarray, padding: tuple[int, int]) -> numpy.ndarray:
+    """The input gradient of a stride-1 convolution: g padded by K-1-P, convolved with w flipped and transposed."""
+    _, _, kh, kw = w.shape
+    flipped = numpy.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    return conv_forward(g, flipped, None, (kh - 1 - padding[0], kw - 1 - padding[1]))
+
+
+def conv_param_grads(x: numpy.ndarray, g: numpy.ndarray, w_shape: tuple[int, ...],
+                     padding: tuple[int, int]) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """(gw, gb) of a stride-1 convolution: per-sample partial sums, then one sum over the batch."""
+    n, c, h, wd = x.shape
+    oc, _, kh, kw = w_shape
+    ph, pw = padding
+    ntaps = c * kh * kw
+    gw_part = numpy.empty((n, oc, ntaps), dtype=x.dtype)
+    gb_part = numpy.empty((n, oc), dtype=x.dtype)
+    taps = _taps(c, kh, kw, h + 2 * ph, wd + 2 * pw)
+    _conv_weight_grad(numpy.ascontiguousarray(x), numpy.ascontiguousarray(g), taps, ntaps, gw_part, gb_part, ph, pw,
+                      kw)
+    return gw_part.sum(axis=0).reshape(w_shape), gb_part.sum(axis=0)

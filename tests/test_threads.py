@@ -1,0 +1,57 @@
+"""xpnet's thread-pool environment settings: set only when the user has not, reversible, and a clear warning when
+NumPy was loaded before xpnet could set them. Each case runs in a new interpreter, as the settings act at import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+CHECK = ("import os, xpnet\n"
+         "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), xpnet.threads.openblas_spin_limited())\n")
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
+    return subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                          check=True)
+
+
+def test_importing_xpnet_first_limits_openblas_spinning():
+    assert _python(CHECK).stdout.split() == ["4", "True"]
+
+
+def test_the_users_own_setting_is_kept():
+    assert _python(CHECK, OPENBLAS_THREAD_TIMEOUT="10").stdout.split() == ["10", "True"]
+
+
+def test_numpy_imported_first_is_detected():
+    assert _python("import numpy\n" + CHECK).stdout.split() == ["4", "False"]
+
+
+def test_numba_backend_warns_when_openblas_was_loaded_too_early():
+    pytest.importorskip("numba", reason="the numba backend needs numba: pip install 'xpnet[numba]'")
+    done = _python("import numpy, xpnet\nxpnet.use('numba')\n")
+    assert "RuntimeWarning" in done.stderr and "OPENBLAS_THREAD_TIMEOUT=4" in done.stderr
+    assert "RuntimeWarning" not in _python("import xpnet\nxpnet.use('numba')\n").stderr
+
+
+def test_restore_removes_only_what_xpnet_set():
+    code = ("import os, xpnet\n"
+            "from xpnet import threads\n"
+            "threads.set_default('OMP_WAIT_POLICY', 'passive')\n"
+            "threads.restore_user_environment()\n"
+            "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), os.environ.get('OMP_WAIT_POLICY'))\n")
+    assert _python(code).stdout.split() == ["None", "None"]
+    assert _python(code, OMP_WAIT_POLICY="active").stdout.split() == ["None", "active"]
+
+
+def test_user_environment_leaves_out_what_xpnet_set():
+    code = ("import xpnet\n"
+            "xpnet.threads.set_default('OMP_WAIT_POLICY', 'passive')\n"
+            "env = xpnet.threads.user_environment()\n"
+            "print(env.get('OPENBLAS_THREAD_TIMEOUT'), env.get('OMP_WAIT_POLICY'))\n")
+    assert _python(code).stdout.split() == ["None", "None"]
+    assert _python(code, OPENBLAS_THREAD_TIMEOUT="6").stdout.split() == ["6", "None"]

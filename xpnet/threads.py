@@ -1,0 +1,53 @@
+"""Thread-pool settings that must be in the environment before the library that reads them loads.
+
+A training step alternates between NumPy's OpenBLAS (matmuls) and, on the Numba backend, Numba's OpenMP pool
+(kernels), on the same cores. Both pools keep idle threads spinning by default, and a spinning thread holds a
+core the other pool needs: OpenBLAS spins for about 0.1 s after each multi-threaded GEMM, which made LeNet-5
+steps on the Numba backend 1.4x slower on a 2-core machine; Numba's OpenMP threads spinning halved GEMM speed.
+
+xpnet sets each variable only when the user has not, and records what it set, so ``restore_user_environment``
+can hand a library loaded later (the PyTorch peer of the benchmarks) the environment the user started with.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# log2 of the CPU cycles an idle OpenBLAS thread spins before it sleeps (OpenBLAS's default is 28, about 0.1 s).
+# Read once, when OpenBLAS loads at the first ``import numpy``; made no measurable difference to the NumPy backend.
+OPENBLAS_SPIN = ("OPENBLAS_THREAD_TIMEOUT", "4")
+# Idle OpenMP threads sleep instead of spinning; read when Numba starts its OpenMP pool (see backends/numba.py).
+OPENMP_WAIT = ("OMP_WAIT_POLICY", "passive")
+
+_set_by_xpnet: dict[str, str] = {}
+_numpy_loaded_first = "numpy" in sys.modules and OPENBLAS_SPIN[0] not in os.environ
+
+
+def set_default(name: str, value: str) -> None:
+    """Set environment variable ``name`` to ``value`` unless the user already set it."""
+    if name not in os.environ:
+        os.environ[name] = value
+        _set_by_xpnet[name] = value
+
+
+def user_environment() -> dict[str, str]:
+    """This process's environment without the variables xpnet set: what the user started with, for a child."""
+    return {k: v for k, v in os.environ.items() if _set_by_xpnet.get(k) != v}
+
+
+def restore_user_environment() -> None:
+    """Remove the variables xpnet set, for a library loaded afterwards that should see the user's settings."""
+    for name, value in list(_set_by_xpnet.items()):
+        if os.environ.get(name) == value:
+            del os.environ[name]
+        del _set_by_xpnet[name]
+
+
+def openblas_spin_limited() -> bool:
+    """False when NumPy (and its OpenBLAS) was imported before xpnet without ``OPENBLAS_THREAD_TIMEOUT`` set, so
+    OpenBLAS's idle threads spin for its default 0.1 s and slow the Numba backend's kernels."""
+    return not _numpy_loaded_first
+
+
+set_default(*OPENBLAS_SPIN)
