@@ -191,6 +191,22 @@ def test_kernels_load_from_the_disk_cache_in_a_new_process(nb):
         "from xpnet.backends import numba as m\n"
         "m.NumbaBackend.warm_up()\n"
         "kernels = [m._im2col, m._col2im, m._max_pool_forward, m._max_pool_backward, m._max_pool_backward_tiled,\n"
+        "           m._max_pool_forward_2x2, m._relu_forward, m._relu_backward,\n"
         "           m.numba_conv._conv_forward, m.numba_conv._conv_weight_grad]\n"
         "print(sum(sum(k.stats.cache_misses.values()) for k in kernels))\n")
     assert misses.strip() == "0"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_equals_the_generic_kernels_including_nan_and_signed_zero(nb, dtype):
+    generic = get_backend("numpy")
+    x = np.random.default_rng(8).standard_normal((3, 4, 5, 6)).astype(dtype)
+    x.reshape(-1)[:6] = [np.nan, -np.inf, np.inf, -0.0, 0.0, -np.nan]
+    x = x.transpose(0, 2, 1, 3)  # not contiguous
+    out = nb.relu_forward(x)
+    np.testing.assert_array_equal(out, generic.relu_forward(x))  # NaN where x is NaN, as numpy.maximum
+    assert out.dtype == x.dtype and np.isnan(out).sum() == 2 and not np.signbit(out[~np.isnan(out)]).any()
+    g = np.random.default_rng(9).standard_normal(out.shape).astype(dtype)
+    np.testing.assert_array_equal(nb.relu_backward(out, g), generic.relu_backward(out, g))
+    with pytest.raises(ValueError, match="relu gradient"):
+        nb.relu_backward(out, g[:1])

@@ -48,6 +48,7 @@ class Backend:
     - ``max_pool_forward(x, kernel, stride)`` -> ``(out, argmax)`` with argmax the flat index in the window
       (row-major over KH, KW; the first maximum wins, as in PyTorch); ``max_pool_backward(gout, argmax,
       x_shape, kernel, stride)`` -> gx.
+    - ``relu_forward(x)`` -> ``max(x, 0)`` (NaN stays NaN); ``relu_backward(out, g)`` -> ``g`` where out > 0, else 0.
     - ``conv2d_forward(x, w, b, stride, padding)`` -> ``(out, residual)``: out ``(N, OC, OH, OW)``; residual is
       whatever this backend's ``conv2d_backward(residual, w, g, x_shape, stride, padding, needs)`` needs to
       return ``(gx, gw, gb)`` (None where ``needs`` is False). The generic pair is im2col + one batched matmul,
@@ -87,6 +88,12 @@ class Backend:
     def max_pool_backward(self, gout: Any, argmax: Any, x_shape: tuple[int, ...], kernel: tuple[int, int],
                           stride: tuple[int, int]) -> Any:
         return kernels.max_pool_backward(self.xp, gout, argmax, x_shape, kernel, stride)
+
+    def relu_forward(self, x: Any) -> Any:
+        return self.xp.maximum(x, 0)
+
+    def relu_backward(self, out: Any, g: Any) -> Any:
+        return g * (out > 0)
 
     def conv2d_forward(self, x: Any, w: Any, b: Any, stride: tuple[int, int],
                        padding: tuple[int, int]) -> tuple[Any, Any]:
