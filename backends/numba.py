@@ -17,9 +17,11 @@ import numpy
 
 from xpnet import threads
 
-# Idle OpenMP workers must sleep, not spin: spinning ones starve OpenBLAS's matmul threads between our kernels
-# (a report-1 step at batch 64 took 2x longer than on the NumPy backend). Set before numba starts its pool.
+# Idle OpenMP workers must not spin for long: spinning ones starve OpenBLAS's matmul threads between our kernels
+# (a report-1 step at batch 64 took 2x longer than on the NumPy backend), and waking sleeping ones costs 60 us a
+# kernel. They spin briefly, then sleep (xpnet/threads.py). Set before numba starts its pool.
 threads.set_default(*threads.OPENMP_WAIT)
+threads.set_default(*threads.OPENMP_SPIN)
 
 from numba import njit, prange, uint64  # noqa: E402
 

@@ -19,6 +19,7 @@ Every sample is one ``prange`` iteration writing only its own output, so there a
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy
@@ -37,18 +38,23 @@ def direct_pays(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tupl
             and c * kh * kw * oc <= MAX_MACS_PER_PIXEL)
 
 
+@functools.lru_cache(maxsize=64)
 def _taps(c: int, kh: int, kw: int, hp: int, wp: int) -> numpy.ndarray:
-    """Flat offset of tap (c, i, j) in a padded (C, Hp, Wp) plane stack, zero-padded to whole passes."""
+    """Flat offset of tap (c, i, j) in a padded (C, Hp, Wp) plane stack, zero-padded to whole passes (read-only:
+    cached, since a training step asks for the same few shapes every time)."""
     ci, i, j = numpy.meshgrid(numpy.arange(c), numpy.arange(kh), numpy.arange(kw), indexing="ij")
-    offsets = (ci * hp * wp + i * wp + j).reshape(-1).astype(numpy.uint64)
-    return numpy.pad(offsets, (0, -len(offsets) % TAPS_PER_PASS))
+    offsets = numpy.zeros(-(-c * kh * kw // TAPS_PER_PASS) * TAPS_PER_PASS, dtype=numpy.uint64)
+    offsets[:c * kh * kw] = (ci * hp * wp + i * wp + j).reshape(-1)
+    offsets.flags.writeable = False
+    return offsets
 
 
 def _tap_weights(w: Any) -> numpy.ndarray:
     """w (OC, C, KH, KW) as (OC, taps), zero-padded to whole passes: a padded tap or channel adds nothing."""
-    oc = w.shape[0]
-    flat = w.reshape(oc, -1)
-    return numpy.pad(flat, ((0, -oc % CHANNELS_PER_PASS), (0, -flat.shape[1] % TAPS_PER_PASS)))
+    oc, ntaps = w.shape[0], w[0].size
+    padded = numpy.zeros((oc + oc % CHANNELS_PER_PASS, -(-ntaps // TAPS_PER_PASS) * TAPS_PER_PASS), dtype=w.dtype)
+    padded[:oc, :ntaps] = w.reshape(oc, ntaps)
+    return padded
 
 
 @njit(cache=True, inline="always")

@@ -116,4 +116,5 @@ def test_epoch_torch(benchmark: Any, batch_size: int, model_name: str, train_set
 
 def thread_environment() -> dict[str, str | None]:
     """The thread-pool variables PyTorch ran under (the user's, once xpnet's own are removed)."""
-    return {name: os.environ.get(name) for name in (xpnet.threads.OPENMP_WAIT[0], xpnet.threads.OPENBLAS_SPIN[0])}
+    names = (xpnet.threads.OPENMP_WAIT[0], xpnet.threads.OPENMP_SPIN[0], xpnet.threads.OPENBLAS_SPIN[0])
+    return {name: os.environ.get(name) for name in names}

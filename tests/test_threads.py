@@ -14,7 +14,8 @@ CHECK = ("import os, xpnet\n"
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     return subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
                           check=True)
 
@@ -55,3 +56,10 @@ def test_user_environment_leaves_out_what_xpnet_set():
             "print(env.get('OPENBLAS_THREAD_TIMEOUT'), env.get('OMP_WAIT_POLICY'))\n")
     assert _python(code).stdout.split() == ["None", "None"]
     assert _python(code, OPENBLAS_THREAD_TIMEOUT="6").stdout.split() == ["6", "None"]
+
+
+def test_the_numba_backend_sets_a_short_openmp_spin():
+    pytest.importorskip("numba", reason="the numba backend needs numba: pip install 'xpnet[numba]'")
+    code = "import os, xpnet\nxpnet.use('numba')\nprint(os.environ['OMP_WAIT_POLICY'], os.environ['GOMP_SPINCOUNT'])\n"
+    assert _python(code).stdout.split() == ["passive", "10000"]
+    assert _python(code, GOMP_SPINCOUNT="0").stdout.split() == ["passive", "0"]

@@ -4,6 +4,9 @@ A training step alternates between NumPy's OpenBLAS (matmuls) and, on the Numba 
 (kernels), on the same cores. Both pools keep idle threads spinning by default, and a spinning thread holds a
 core the other pool needs: OpenBLAS spins for about 0.1 s after each multi-threaded GEMM, which made LeNet-5
 steps on the Numba backend 1.4x slower on a 2-core machine; Numba's OpenMP threads spinning halved GEMM speed.
+Not spinning at all costs too: waking sleeping OpenMP threads took 60 us per kernel launch, a third of a LeNet-5
+step at batch 32. So OpenBLAS threads sleep at once, and OpenMP threads spin briefly (GNU OpenMP's spin count)
+so that back-to-back kernels find them awake, then sleep.
 
 xpnet sets each variable only when the user has not, and records what it set, so ``restore_user_environment``
 can hand a library loaded later (the PyTorch peer of the benchmarks) the environment the user started with.
@@ -17,8 +20,10 @@ import sys
 # log2 of the CPU cycles an idle OpenBLAS thread spins before it sleeps (OpenBLAS's default is 28, about 0.1 s).
 # Read once, when OpenBLAS loads at the first ``import numpy``; made no measurable difference to the NumPy backend.
 OPENBLAS_SPIN = ("OPENBLAS_THREAD_TIMEOUT", "4")
-# Idle OpenMP threads sleep instead of spinning; read when Numba starts its OpenMP pool (see backends/numba.py).
+# Read when Numba starts its OpenMP pool (see backends/numba.py): idle threads sleep (any OpenMP runtime), after
+# spinning 10,000 rounds, a few hundred microseconds (GNU OpenMP, whose explicit spin count overrides the policy).
 OPENMP_WAIT = ("OMP_WAIT_POLICY", "passive")
+OPENMP_SPIN = ("GOMP_SPINCOUNT", "10000")
 
 _set_by_xpnet: dict[str, str] = {}
 _numpy_loaded_first = "numpy" in sys.modules and OPENBLAS_SPIN[0] not in os.environ
