@@ -94,7 +94,8 @@ def _conv_forward(x, weights, bias, taps, out, ph, pw, kw):
             for q in range(0, taps.shape[0], 4):
                 f0, f1, f2, f3 = taps[q], taps[q + 1], taps[q + 2], taps[q + 3]
                 w00, w01, w02, w03 = weights[o, q], weights[o, q + 1], weights[o, q + 2], weights[o, q + 3]
-                w10, w11, w12, w13 = weights[o + 1, q], weights[o + 1, q + 1], weights[o + 1, q + 2], weights[o + 1, q + 3]
+                w10, w11 = weights[o + 1, q], weights[o + 1, q + 1]
+                w12, w13 = weights[o + 1, q + 2], weights[o + 1, q + 3]
                 for k in range(row):
                     x0, x1, x2, x3 = xp[f0 + k], xp[f1 + k], xp[f2 + k], xp[f3 + k]
                     acc0[k] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3

@@ -1,26 +1,25 @@
 """The PyTorch peer: the same three models, batch sizes, data and epoch plan as ``bench_epoch``, in PyTorch eager
 mode on the CPU with as many threads as xpnet's BLAS uses.
 
-The models are the xpnet models' twins (``xpnet.interop.torch.to_torch``: same layers and initial weights). A
-round is what ``xpnet.train.train_epoch`` does, written in PyTorch: Adam lr 1e-3, cross-entropy, loss and
-accuracy summed on the device; batches are gathered from the preloaded set in the order xpnet's loader draws
-(``default_rng([seed, epoch])``), as xpnet's preloading DataLoader does. Warm-up (the first step on a fresh model,
-where oneDNN builds its kernels) is kept out of the timed rounds and reported apart.
-
-torch is imported by the first test here, never at collection, and ``conftest.py`` runs these tests last:
-importing torch loads its own OpenMP runtime beside the system one Numba's ``omp`` threading layer uses, and that
-slows the Numba backend's kernels (about 1.7x on the 2-core machine this was written on). Before importing torch
-the environment variables xpnet set for its own thread pools are removed (``xpnet.threads``), so PyTorch's
-OpenMP runtime starts with the user's settings: with xpnet's ``OMP_WAIT_POLICY=passive`` PyTorch ran 1.2-1.7x
-slower here, which would flatter xpnet.
+PyTorch runs in a process of its own (``torch_peer.py``), started with the user's environment (without the
+thread-pool variables xpnet sets for itself, ``xpnet.threads``): in the benchmark process, after the xpnet suites,
+PyTorch took up to 1.4x longer per epoch than alone, and under xpnet's ``OMP_WAIT_POLICY=passive`` 1.2-1.7x
+longer. This process keeps pytest-benchmark's clock and times one command's round trip over a pipe per round
+(microseconds, against epochs of seconds). The models are the xpnet models' twins
+(``xpnet.interop.torch.to_torch``: same layers and initial weights), a round is what ``xpnet.train.train_epoch``
+does, written in PyTorch, and batches follow xpnet's DataLoader order. PyTorch's first step (where oneDNN builds
+its kernels) is kept out of the timed rounds and reported apart.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import itertools
-import os
-import time
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -35,86 +34,68 @@ pytestmark = [pytest.mark.benchmark(group="epoch"),
               pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                  reason="PyTorch is not installed: pip install 'xpnet[torch]'")]
 
+PEER = Path(__file__).with_name("torch_peer.py")
+
+
+class TorchPeer:
+    """A running ``torch_peer.py``: ``info`` (what it printed when ready), ``prepare(epoch)`` and ``run()``."""
+
+    def __init__(self, data_path: Path, model_name: str, batch_size: int):
+        command = [sys.executable, str(PEER), str(data_path), model_name, str(batch_size), str(SEED),
+                   str(blas_threads())]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=xpnet.threads.user_environment())
+        self.info = json.loads(self._reply())
+
+    def _reply(self) -> str:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the PyTorch peer stopped:\n{self.process.stderr.read()[-3000:]}")
+        return line
+
+    def _ask(self, command: str) -> str:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self._reply()
+
+    def prepare(self, epoch: int) -> None:
+        self._ask(f"prepare {epoch}")
+
+    def run(self) -> float:
+        return float(self._ask("run"))
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
 
 @pytest.fixture
-def threads() -> Iterator[int]:
-    """Run PyTorch on as many threads as xpnet's BLAS uses, in the user's environment; restore afterwards."""
-    xpnet.threads.restore_user_environment()  # before torch loads its OpenMP runtime (see the module docstring)
-    import torch  # here and below: imported when the tests run, not at collection (see the module docstring)
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(blas_threads())
-    yield torch.get_num_threads()
-    torch.set_num_threads(previous)
-
-
-def train_round(net: Any, optimizer: Any, images: Any, labels: Any, batch_size: int, order: np.ndarray) -> float:
-    """One pass over ``order`` in batches; returns the mean training loss (read once, at the end)."""
-    import torch
-
-    order = torch.from_numpy(order)
-    net.train()
-    loss_fn = torch.nn.CrossEntropyLoss()
-    loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.int64)
-    for lo in range(0, len(order), batch_size):
-        index = order[lo:lo + batch_size]
-        x, y = images[index], labels[index]
-        optimizer.zero_grad()
-        logits = net(x)
-        loss = loss_fn(logits, y)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.detach().argmax(dim=1) == y).sum()
-    return float(loss_sum) / len(order)
-
-
-def epoch_order(n: int, epoch: int) -> np.ndarray:
-    """Epoch ``epoch``'s shuffle of ``n`` examples, the same permutation xpnet's DataLoader draws."""
-    return np.random.default_rng([SEED, epoch]).permutation(n)
+def peer_data(train_set: Any, epoch_plan: Callable[[int], EpochPlan]) -> Iterator[Callable[[int], Path]]:
+    """batch size -> an .npz of the images its plan trains on, for the peer process to load."""
+    with tempfile.TemporaryDirectory() as folder:
+        def write(batch_size: int) -> Path:
+            data = train_set.data.subset(np.arange(epoch_plan(batch_size).round_images))
+            path = Path(folder) / f"train-{batch_size}.npz"
+            np.savez(path, images=data.images, labels=data.labels)
+            return path
+        yield write
 
 
 @pytest.mark.parametrize("model_name", MODEL_NAMES)
 @pytest.mark.parametrize("batch_size", BATCH_SIZES)
-def test_epoch_torch(benchmark: Any, batch_size: int, model_name: str, train_set: Any, threads: int,
-                     epoch_plan: Callable[[int], EpochPlan]) -> None:
-    import torch
-
-    from xpnet.interop.torch import to_torch
-
+def test_epoch_torch(benchmark: Any, batch_size: int, model_name: str, train_set: Any,
+                     peer_data: Callable[[int], Path], epoch_plan: Callable[[int], EpochPlan]) -> None:
     plan = epoch_plan(batch_size)
-    xpnet.manual_seed(SEED)
-    model = build_model(model_name)
-    net = to_torch(model)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    data = train_set.data.subset(np.arange(plan.round_images))
-    images = torch.from_numpy(data.images.astype(np.float32) / np.float32(255)).reshape(-1, *IMAGE_SHAPE)
-    labels = torch.from_numpy(data.labels)
-
-    start = time.perf_counter()
-    train_round(net, optimizer, images, labels, batch_size, epoch_order(batch_size, 0))
-    first_step_s = time.perf_counter() - start
-
-    epochs = itertools.count(1)
-    orders, losses = [], []
-
-    def next_epoch() -> None:
-        orders.append(epoch_order(len(labels), next(epochs)))
-
-    def run() -> None:
-        losses.append(train_round(net, optimizer, images, labels, batch_size, orders[-1]))
-
-    benchmark.pedantic(run, setup=next_epoch, rounds=plan.rounds)
+    peer = TorchPeer(peer_data(batch_size), model_name, batch_size)
+    epochs, losses = itertools.count(1), []
+    try:
+        benchmark.pedantic(lambda: losses.append(peer.run()), setup=lambda: peer.prepare(next(epochs)),
+                           rounds=plan.rounds)
+    finally:
+        peer.close()
     assert np.isfinite(losses).all(), f"training diverged: losses {losses}"
-    cost = model_cost(model, IMAGE_SHAPE)
+    cost = model_cost(build_model(model_name), IMAGE_SHAPE)
     benchmark.extra_info.update(
-        framework="pytorch", backend="pytorch", model=model_name, **plan.info(), first_step_s=first_step_s,
-        train_loss=losses[-1], data=train_set.source, flops_per_epoch=cost.flops(plan.epoch_images),
-        bytes_per_epoch=cost.bytes(plan.epoch_images), torch_threads=threads, blas_threads=blas_threads(),
-        torch_version=torch.__version__, thread_environment=thread_environment())
-
-
-def thread_environment() -> dict[str, str | None]:
-    """The thread-pool variables PyTorch ran under (the user's, once xpnet's own are removed)."""
-    names = (xpnet.threads.OPENMP_WAIT[0], xpnet.threads.OPENMP_SPIN[0], xpnet.threads.OPENBLAS_SPIN[0])
-    return {name: os.environ.get(name) for name in names}
+        framework="pytorch", backend="pytorch", model=model_name, **plan.info(), train_loss=losses[-1],
+        data=train_set.source, flops_per_epoch=cost.flops(plan.epoch_images),
+        bytes_per_epoch=cost.bytes(plan.epoch_images), blas_threads=blas_threads(), **peer.info)

@@ -1,10 +1,9 @@
 """Options, fixtures and JSON additions shared by the benchmark suites (run explicitly: ``pytest benchmarks/...``).
 
-- Collects ``bench_*.py`` files when a whole folder is given (pytest's default pattern is ``test_*.py``), and
-  runs the PyTorch peer after everything else.
+- Collects ``bench_*.py`` files when a whole folder is given (pytest's default pattern is ``test_*.py``).
 - ``train_set``: real MNIST when present (``--data``, ``XPNET_DATA``, else ``../shared/data/mnist`` beside the
   repository), otherwise synthetic images of the same shape, so timings never depend on the data being there.
-- ``epoch_plan``: how each batch size's epoch is timed (``--full-epochs``, ``--epoch-images``).
+- ``epoch_plan``: how each batch size's epoch is timed (``--full-epochs``, ``--epoch-images``, ``--epoch-rounds``).
 - Adds to the ``--benchmark-json`` file what the report needs to say where and how it was measured: machine,
   versions, thread counts, the command, and why any test was skipped.
 """
@@ -23,7 +22,7 @@ import xpnet  # noqa: I001  (before NumPy, as in user code, so OpenBLAS loads wi
 import numpy as np
 import pytest
 
-from harness import EPOCH_IMAGES, SEED, SMOKE, SMOKE_IMAGES, EpochPlan, blas_threads, make_plan, rounds
+from harness import EPOCH_IMAGES, SEED, SMOKE, SMOKE_IMAGES, EpochPlan, blas_threads, make_plan
 from xpnet.data import Dataset, load_mnist
 from xpnet.data.mnist import CLASSES
 from xpnet.reports import machine_description
@@ -39,8 +38,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--data", default=None,
                     help="MNIST for the training benchmarks (as python -m xpnet.train --data); default $XPNET_DATA, "
                          f"else {SHARED_MNIST} if present, else synthetic images of the same shape")
-    group.addoption("--full-epochs", default="64" if SMOKE else "128",
+    group.addoption("--full-epochs", default="64" if SMOKE else "32,64,128,256",
                     help="comma-separated batch sizes timed over whole epochs (default: %(default)s)")
+    group.addoption("--epoch-rounds", type=int, default=1 if SMOKE else 3,
+                    help="timed rounds per training benchmark; the report shows their median (default: %(default)s)")
     group.addoption("--epoch-images", type=int, default=16 if SMOKE else 12_000,
                     help="images per timed round for the other batch sizes, scaled to a full epoch "
                          "(default: %(default)s)")
@@ -51,12 +52,6 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Mod
     if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the PyTorch peer last, whatever the order of the command line: it imports torch, whose OpenMP
-    runtime slows Numba's kernels for the rest of the process (see bench_torch.py)."""
-    items.sort(key=lambda item: item.path.name == "bench_torch.py")
 
 
 @dataclass(frozen=True)
@@ -94,11 +89,12 @@ def _numpy_backend() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def epoch_plan(request: pytest.FixtureRequest, train_set: TrainSet) -> Callable[[int], EpochPlan]:
-    """batch size -> how its epoch is timed, from ``--full-epochs`` and ``--epoch-images``."""
+    """batch size -> how its epoch is timed, from ``--full-epochs``, ``--epoch-images`` and ``--epoch-rounds``."""
     config = request.config
     full = tuple(int(b) for b in config.getoption("--full-epochs").split(",") if b.strip())
     images = config.getoption("--epoch-images")
-    return lambda batch_size: make_plan(batch_size, len(train_set.data), full, images, rounds(2))
+    timed_rounds = config.getoption("--epoch-rounds")
+    return lambda batch_size: make_plan(batch_size, len(train_set.data), full, images, timed_rounds)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -99,10 +99,10 @@ class EpochPlan:
 
 
 def make_plan(batch_size: int, epoch_images: int, full_batches: tuple[int, ...], images_per_round: int,
-              partial_rounds: int) -> EpochPlan:
-    """A full-epoch plan (one round) for the batch sizes in ``full_batches``; else about ``images_per_round``
-    images per round in whole batches, ``partial_rounds`` rounds."""
+              timed_rounds: int) -> EpochPlan:
+    """``timed_rounds`` rounds of a whole epoch for the batch sizes in ``full_batches``; else of about
+    ``images_per_round`` images in whole batches."""
     if batch_size in full_batches:
-        return EpochPlan(batch_size, epoch_images, epoch_images, 1)
+        return EpochPlan(batch_size, epoch_images, epoch_images, timed_rounds)
     steps = max(1, math.ceil(images_per_round / batch_size))
-    return EpochPlan(batch_size, epoch_images, min(steps * batch_size, epoch_images), partial_rounds)
+    return EpochPlan(batch_size, epoch_images, min(steps * batch_size, epoch_images), timed_rounds)

@@ -2,7 +2,7 @@
 a benchmark run into the Markdown report users read to choose a backend and batch size, with PNG charts
 (``bench_*.png``) beside it.
 
-Every time shown is the best (minimum) of a test's timed rounds. Training epochs timed on part of the training
+Every time shown is the median of a test's timed rounds. Training epochs timed on part of the training
 set are scaled to a full epoch by the ratio of step counts and marked with a dagger.
 """
 
@@ -24,7 +24,7 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 SUITES = ("benchmarks/bench_im2col.py", "benchmarks/bench_col2im.py", "benchmarks/bench_limits.py",
           "benchmarks/bench_epoch.py", "benchmarks/bench_torch.py")
 COMMANDS = (
-    "pip install -e '.[bench,numba,torch]'",
+    "pip install -e '.[bench,numba]' torch==2.13.0",
     f"python -m pytest {' '.join(SUITES)} --benchmark-json=benchmarks/results.json",
     "python benchmarks/report.py benchmarks/results.json",
 )
@@ -74,24 +74,27 @@ def summary_section(results: list[Result], limits: Limits | None) -> list[str]:
 
 def reproduce_section() -> list[str]:
     return ["## Reproduce", "",
-            "From the repository root, on a quiet machine (about 8 minutes on 2 cores; the suites time whatever "
+            "From the repository root, on a quiet machine (about 12 minutes on 2 cores; the suites time whatever "
             "else runs too):", "", "```", *COMMANDS, "```", "",
             "Options: `--data PATH` (MNIST; default `$XPNET_DATA`, else `../shared/data/mnist` beside the "
-            "repository, else synthetic images of the same shape), `--full-epochs 32,64,128,256` (batch sizes "
-            "timed over whole epochs; default 128; all four take about 12 minutes), `--epoch-images N` (images "
-            "per timed round for the other batch sizes; default 12000). `XPNET_BENCH_SMOKE=1` shrinks every suite "
-            "to a seconds-long check (`tests/test_benchmarks_smoke.py` runs it).", ""]
+            "repository, else synthetic images of the same shape), `--full-epochs 128` (batch sizes timed over "
+            "whole epochs; default all four), `--epoch-images N` (images per timed round for the other batch "
+            "sizes; default 12000), `--epoch-rounds N` (timed rounds per training benchmark, whose median is "
+            "shown; default 3). `XPNET_BENCH_SMOKE=1` shrinks every suite to a seconds-long check "
+            "(`tests/test_benchmarks_smoke.py` runs it).", ""]
 
 
 def method_section() -> list[str]:
     return ["## Method", "",
             "- pytest-benchmark in pedantic mode: a fixed number of timed rounds per test, after a warm-up round "
-            "for the kernels; the tables show the best round. The device is synchronized before every clock read.",
+            "for the kernels; the tables show the median round. The device is synchronized before every clock read.",
             "- Training: for the batch sizes given to `--full-epochs`, one round is one whole epoch. For the others "
             "a round trains on the first `--epoch-images` images (whole batches), its time is multiplied by "
-            "(steps per epoch) / (steps per round), and the best of two rounds is shown.",
-            "- The PyTorch peer runs after every xpnet test: importing torch loads a second OpenMP runtime, which "
-            "slows the Numba backend's kernels in the same process.",
+            "(steps per epoch) / (steps per round).",
+            "- The PyTorch peer trains in a process of its own (`benchmarks/torch_peer.py`) started with the user's "
+            "environment, without the thread-pool variables xpnet sets for itself: in the benchmark process it ran "
+            "up to 1.4x slower. pytest-benchmark's clock stays here and times one command's round trip per round. "
+            "Both run under the allocator setting of `xpnet/allocator.py` (the peer imports xpnet for the models).",
             "- FLOPs per epoch = 6 × MACs × images: a convolution's forward pass does N·OC·OH·OW·C·KH·KW "
             "multiply-adds, a dense layer's N·IN·OUT; a MAC is 2 FLOPs and the backward pass about twice the "
             "forward. Pooling, activations, the loss and the optimizer are left out.",

@@ -15,7 +15,7 @@ MEMORY_SLACK = 0.01  # tracemalloc also counts the few hundred bytes of Python o
 
 @dataclass(frozen=True)
 class Result:
-    """One benchmark: its name and group, its ``extra_info`` and its best (minimum) round in seconds."""
+    """One benchmark: its name and group, its ``extra_info`` and the median of its timed rounds in seconds."""
 
     name: str
     group: str
@@ -31,7 +31,7 @@ class Result:
 def load(path: Path) -> tuple[dict[str, Any], list[Result]]:
     """The run's ``xpnet`` header (plus pytest-benchmark's ``datetime``) and its benchmarks."""
     raw = json.loads(path.read_text())
-    results = [Result(b["name"], b["group"] or "", b["extra_info"], b["stats"]["min"]) for b in raw["benchmarks"]]
+    results = [Result(b["name"], b["group"] or "", b["extra_info"], b["stats"]["median"]) for b in raw["benchmarks"]]
     return {**raw.get("xpnet", {}), "datetime": raw.get("datetime", "?")}, results
 
 

@@ -1,0 +1,83 @@
+"""The PyTorch side of ``bench_torch.py``, in a process of its own that never loads Numba.
+
+Run in the benchmark process, after the xpnet suites, PyTorch took up to 1.4x longer per epoch than alone
+(report1 at batch 128: 3.65 s against 2.73 s), so the comparison would have flattered xpnet. The parent keeps
+pytest-benchmark's clock: it times the round trip of one command over a pipe.
+
+    python benchmarks/torch_peer.py DATA.npz MODEL BATCH_SIZE SEED THREADS
+
+``DATA.npz`` holds ``images`` (uint8, N x H x W) and ``labels``. The peer builds the xpnet model ``MODEL`` from
+``SEED``, converts it with ``xpnet.interop.torch.to_torch`` (same layers and initial weights), trains one batch
+(PyTorch's warm-up), and prints one JSON line describing itself. Then, for each line on stdin:
+
+- ``prepare E``: draw epoch E's shuffle (xpnet's DataLoader order, ``default_rng([seed, E])``); prints ``ok``;
+- ``run``: train one pass over that order, as ``xpnet.train.train_epoch`` does; prints the mean loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import xpnet  # noqa: I001  (first, as every xpnet process; then hand torch the user's thread settings)
+import numpy as np
+
+xpnet.threads.restore_user_environment()
+import torch  # noqa: E402
+
+from xpnet.interop.torch import to_torch  # noqa: E402
+from xpnet.models import build_model  # noqa: E402
+
+
+def train_round(net: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                labels: torch.Tensor, batch_size: int, order: np.ndarray) -> float:
+    """One pass over ``order`` in batches: Adam steps, loss and accuracy summed on the device, read once."""
+    order_t = torch.from_numpy(order)
+    net.train()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.int64)
+    for lo in range(0, len(order_t), batch_size):
+        index = order_t[lo:lo + batch_size]
+        x, y = images[index], labels[index]
+        optimizer.zero_grad()
+        logits = net(x)
+        loss = loss_fn(logits, y)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(dim=1) == y).sum()
+    return float(loss_sum) / len(order_t)
+
+
+def main(data_path: str, model_name: str, batch_size: str, seed: str, threads: str) -> None:
+    batch, seed_value = int(batch_size), int(seed)
+    torch.set_num_threads(int(threads))
+    with np.load(data_path) as data:
+        raw, labels = data["images"], torch.from_numpy(data["labels"].astype(np.int64))
+    images = torch.from_numpy(raw.astype(np.float32) / np.float32(255)).reshape(len(raw), 1, *raw.shape[1:])
+    xpnet.manual_seed(seed_value)
+    net = to_torch(build_model(model_name))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    start = time.perf_counter()
+    train_round(net, optimizer, images, labels, batch, np.random.default_rng([seed_value, 0]).permutation(batch))
+    first_step_s = time.perf_counter() - start
+    names = (xpnet.threads.OPENMP_WAIT[0], xpnet.threads.OPENMP_SPIN[0], xpnet.threads.OPENBLAS_SPIN[0])
+    print(json.dumps({"first_step_s": first_step_s, "torch_version": torch.__version__,
+                      "torch_threads": torch.get_num_threads(),
+                      "thread_environment": {name: os.environ.get(name) for name in names}}), flush=True)
+
+    order = None
+    for line in sys.stdin:
+        command = line.split()
+        if command[0] == "prepare":
+            order = np.random.default_rng([seed_value, int(command[1])]).permutation(len(labels))
+            print("ok", flush=True)
+        elif command[0] == "run":
+            print(train_round(net, optimizer, images, labels, batch, order), flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
