@@ -1,8 +1,10 @@
 """The Numba backend: NumPy arrays, with the hot kernels compiled to parallel machine code.
 
-Every kernel runs ``prange`` over the N*C planes, and each iteration writes only its own plane, so there are no
-races and results are deterministic. col2im and max-pool backward sum each pixel's contributions in the same
-order as the generic NumPy kernels (kernel offset (i, j) ascending), so they agree with them bit for bit.
+Every kernel runs ``prange`` over samples, N*C planes or elements, and each iteration writes only its own part,
+so there are no races and results do not depend on the thread count. im2col, col2im, max pooling and ReLU agree
+with the generic NumPy kernels bit for bit (col2im and max-pool backward sum each pixel's contributions in the
+same order, kernel offset (i, j) ascending). The direct convolution (``numba_conv``) sums in another order, so
+it agrees with NumPy's im2col + matmul to rounding (1e-15 relative in float64), not bit for bit.
 Kernels are cached on disk (``cache=True``): only the first process on a machine pays the compile time, which
 ``NumbaBackend.warm_up`` measures apart from steady-state timings.
 """
