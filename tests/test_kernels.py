@@ -61,7 +61,16 @@ def random_case(seed):
     return (n, c, h, w), (kh, kw), (sy, sx), (ph, pw)
 
 
-CASES = [random_case(s) for s in range(40)]
+def same_width_case(seed):
+    """A case for the whole-plane im2col path: stride 1 across and an output as wide as the input."""
+    (n, c, h, _), (kh, _), (sy, _), (ph, _) = random_case(seed)
+    r = np.random.default_rng(1000 + seed)
+    pw = int(r.integers(0, 3))
+    kw = 2 * pw + 1
+    return (n, c, h, int(r.integers(kw, 12))), (kh, kw), (sy, 1), (ph, pw)
+
+
+CASES = [random_case(s) for s in range(40)] + [same_width_case(s) for s in range(20)]
 
 
 @pytest.mark.parametrize("shape, kernel, stride, padding", CASES)
@@ -70,6 +79,15 @@ def test_im2col_matches_naive(shape, kernel, stride, padding):
     got = xpnet.get_backend().im2col(x, kernel, stride, padding)
     np.testing.assert_array_equal(got, naive_im2col(x, kernel, stride, padding))
     assert got.flags.c_contiguous
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding", [same_width_case(s) for s in range(5)])
+def test_im2col_same_width_reads_strided_input(shape, kernel, stride, padding):
+    """The whole-plane path copies a non-contiguous input (every other column of a wider array) exactly."""
+    n, c, h, w = shape
+    x = rng.standard_normal((n, c, h, 2 * w))[..., ::2]
+    got = xpnet.get_backend().im2col(x, kernel, stride, padding)
+    np.testing.assert_array_equal(got, naive_im2col(x, kernel, stride, padding))
 
 
 @pytest.mark.parametrize("shape, kernel, stride, padding", CASES)
