@@ -55,7 +55,7 @@ def _im2col_same_width(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[i
     plane = (h + 2 * ph) * w + 2 * pw
     rows = xp.zeros((n, c, plane), dtype=x.dtype)
     start = pw + ph * w
-    rows[:, :, start:start + h * w].reshape(n, c, h, w)[...] = x
+    rows[:, :, start:start + h * w] = x.reshape(n, c, h * w)  # a slice assignment always writes in place
     s_n, s_c, item = rows.strides[0], rows.strides[1], rows.itemsize
     windows = xp.lib.stride_tricks.as_strided(
         rows, shape=(n, c, kh, kw, oh, w), strides=(s_n, s_c, w * item, item, sy * w * item, item))
