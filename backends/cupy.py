@@ -182,6 +182,7 @@ class CupyBackend(Backend):
     """Arrays on the current CUDA device; col2im by the gather kernel, the other kernels generic."""
 
     name = "cupy"
+    im2col_pass_bytes = None  # one pass: on a GPU each pass is a kernel launch, and there is no cache to keep warm
 
     def __init__(self) -> None:
         import cupy  # an ImportError here is turned into an install hint by the registry

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import xpnet
+from xpnet import kernels
 from xpnet.kernels import out_size
 
 rng = np.random.default_rng(7)
@@ -88,6 +89,15 @@ def test_im2col_same_width_reads_strided_input(shape, kernel, stride, padding):
     x = rng.standard_normal((n, c, h, 2 * w))[..., ::2]
     got = xpnet.get_backend().im2col(x, kernel, stride, padding)
     np.testing.assert_array_equal(got, naive_im2col(x, kernel, stride, padding))
+
+
+@pytest.mark.parametrize("samples_per_pass", [1, 2, 3])
+def test_im2col_same_width_in_several_passes(samples_per_pass):
+    """Copying a few samples per pass (the last pass shorter) gives the same columns as one pass."""
+    x = rng.standard_normal((7, 3, 9, 10))
+    per_sample = 3 * 3 * 3 * 9 * 10 * x.itemsize
+    got = kernels.im2col(np, x, (3, 3), (1, 1), (1, 1), pass_bytes=samples_per_pass * per_sample + 5)
+    np.testing.assert_array_equal(got, naive_im2col(x, (3, 3), (1, 1), (1, 1)))
 
 
 @pytest.mark.parametrize("shape, kernel, stride, padding", CASES)

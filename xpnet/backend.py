@@ -56,6 +56,9 @@ class Backend:
     """
 
     name: str = "abstract"
+    # Output bytes per pass of the generic same-width im2col: about what a CPU core's L2 cache holds, so that
+    # zeroing the wrapped columns after each copy does not fetch them from memory again (docs/performance.md).
+    im2col_pass_bytes: int | None = 1 << 20
     xp: ModuleType = np
 
     # --- arrays -------------------------------------------------------------------------------------------
@@ -76,7 +79,7 @@ class Backend:
 
     # --- kernels (generic versions; backends override the hot ones) ----------------------------------------
     def im2col(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> Any:
-        return kernels.im2col(self.xp, x, kernel, stride, padding)
+        return kernels.im2col(self.xp, x, kernel, stride, padding, self.im2col_pass_bytes)
 
     def col2im(self, cols: Any, x_shape: tuple[int, ...], stride: tuple[int, int],
                padding: tuple[int, int]) -> Any:
