@@ -117,8 +117,8 @@ def other_section(results: list[Result]) -> list[str]:
     others = [r for r in results if r.group not in KNOWN_GROUPS]
     if not others:
         return []
-    rows = [[r.name, r.group, num(r.best), f"`{json.dumps(r.info)}`"] for r in others]
-    return ["## Other benchmarks", "", *table(["benchmark", "group", "best (s)", "extra_info"], rows)]
+    rows = [[r.name, r.group, num(r.median), f"`{json.dumps(r.info)}`"] for r in others]
+    return ["## Other benchmarks", "", *table(["benchmark", "group", "median (s)", "extra_info"], rows)]
 
 
 def render(run: dict[str, Any], results: list[Result], source: Path) -> str:

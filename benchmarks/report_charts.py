@@ -44,7 +44,7 @@ def write_charts(results: list[Result], folder: Path) -> None:
         grid = kernel_grid(results, group)
         if grid.shapes:
             panels = {f"{c} input channel{'s' if c > 1 else ''}":
-                      {v: [(b, grid.cells[v, b, c].best * 1e3) for b, c2 in grid.shapes
+                      {v: [(b, grid.cells[v, b, c].median * 1e3) for b, c2 in grid.shapes
                            if c2 == c and (v, b, c) in grid.cells] for v in grid.variants}
                       for c in sorted({c for _, c in grid.shapes})}
             line_chart(panels, folder / f"bench_{group}.png", "ms per call", f"{group}, kernel 3, padding 1, float32")

@@ -20,12 +20,12 @@ class Result:
     name: str
     group: str
     info: dict[str, Any]
-    best: float
+    median: float
 
     @property
     def epoch_s(self) -> float:
         """Seconds per full epoch (a partial round scaled by the step ratio)."""
-        return self.best * self.info["scale"]
+        return self.median * self.info["scale"]
 
 
 def load(path: Path) -> tuple[dict[str, Any], list[Result]]:
@@ -64,7 +64,7 @@ def loops_vs_strided(grid: KernelGrid, batch: int, channels: int) -> tuple[float
     loops, strided = grid.cells.get(("loops", batch, channels)), grid.cells.get(("strided", batch, channels))
     if loops is None or strided is None:
         return None
-    return loops.best / strided.best, strided.info["peak_bytes"] / loops.info["peak_bytes"]
+    return loops.median / strided.median, strided.info["peak_bytes"] / loops.info["peak_bytes"]
 
 
 def target_checks(grid: KernelGrid) -> list[tuple[int, float, float, bool]]:
@@ -126,4 +126,4 @@ def limits_of(results: list[Result]) -> Limits | None:
     if {"gemm", "copy"} - set(by_limit):
         return None
     gemm, copy = by_limit["gemm"], by_limit["copy"]
-    return Limits(gemm.info["flops"] / gemm.best, copy.info["bytes"] / copy.best)
+    return Limits(gemm.info["flops"] / gemm.median, copy.info["bytes"] / copy.median)

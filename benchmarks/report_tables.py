@@ -53,12 +53,13 @@ def im2col_section(grid: KernelGrid) -> list[str]:
         ways[r.info["memory_measured_by"]].append(variant)
     measured_by = "; ".join(f"{way} for {', '.join(dict.fromkeys(variants))}" for way, variants in ways.items())
     lines = ["## im2col: Python loops vs `as_strided` vs the backends", "",
-             "Kernel 3, stride 1, padding 1, float32. *strided* is `xpnet.kernels.im2col` on NumPy (the NumPy "
-             "backend's kernel); *loops* copies one window per (sample, output pixel) in Python, as report 1 "
+             "Kernel 3, stride 1, padding 1, float32. *strided* is the NumPy backend's im2col "
+             "(`xpnet.kernels.im2col`: an `as_strided` view copied once, a whole output plane per run for "
+             "these same-width windows); *loops* copies one window per (sample, output pixel) in Python, as report 1 "
              "started. A loop iteration copies all C channels of its window at once, so the loops' time barely "
              "grows with C while every other version's grows in proportion: the speed-up is smaller for 6 "
              "channels than for 1. Milliseconds per call:", ""]
-    lines += kernel_table(grid, lambda r: num(r.best * 1e3), ("strided speed-up over loops", ratio(0, "×")))
+    lines += kernel_table(grid, lambda r: num(r.median * 1e3), ("strided speed-up over loops", ratio(0, "×")))
     lines += [f"Peak memory allocated by one call (MiB; {measured_by}):", ""]
     lines += kernel_table(grid, lambda r: num(r.info["peak_bytes"] / MIB), ("strided / loops", ratio(1, "")))
     checks = target_checks(grid)
@@ -80,7 +81,7 @@ def col2im_section(grid: KernelGrid) -> list[str]:
              "The adjoint of im2col, in every convolution's backward pass; same shapes. *slices* is "
              "`xpnet.kernels.col2im` on NumPy (KH×KW strided slice-adds, the NumPy backend's kernel); *add_at* "
              "scatters with `np.add.at`, the tests' reference. Milliseconds per call:", ""]
-    return lines + kernel_table(grid, lambda r: num(r.best * 1e3)) + ["![col2im times](bench_col2im.png)", ""]
+    return lines + kernel_table(grid, lambda r: num(r.median * 1e3)) + ["![col2im times](bench_col2im.png)", ""]
 
 
 def epoch_table(grid: EpochGrid, backends: list[str], cell: Callable[[Result, str, int], str]) -> list[str]:
