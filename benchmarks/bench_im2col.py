@@ -64,10 +64,7 @@ def peak_bytes(backend: Backend, fn: Callable[[], Any]) -> tuple[int, str]:
 def _variant(name: str) -> tuple[Backend, Callable[..., Any]]:
     if name == "loops":
         return get_backend("numpy"), im2col_loops
-    if name == "strided":
-        backend = get_backend("numpy")
-        return backend, backend.im2col
-    backend = backend_or_skip(name)
+    backend = backend_or_skip("numpy" if name == "strided" else name)
     return backend, backend.im2col
 
 
