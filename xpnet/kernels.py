@@ -2,7 +2,8 @@
 
 These are the defaults every backend inherits: im2col by an ``as_strided`` window view copied once (whole output
 planes at a time when the output is as wide as the input), col2im by KH*KW strided slice-adds (exact when windows
-overlap, unlike ``as_strided(...) += cols``), and max pooling through the same window view. See ``xpnet.backend.Backend`` for the layouts.
+overlap, unlike ``as_strided(...) += cols``), and max pooling through the same window view. See
+``xpnet.backend.Backend`` for the layouts.
 """
 
 from __future__ import annotations
