@@ -6,7 +6,7 @@ pytest-benchmark's clock: it times the round trip of one command over a pipe.
 
     python benchmarks/torch_peer.py DATA.npz MODEL BATCH_SIZE SEED THREADS
 
-``DATA.npz`` holds ``images`` (uint8, N x H x W) and ``labels``. The peer builds the xpnet model ``MODEL`` from
+``DATA.npz`` holds ``images`` (uint8, N x C x H x W) and ``labels``. The peer builds the xpnet model ``MODEL`` from
 ``SEED``, converts it with ``xpnet.interop.torch.to_torch`` (same layers and initial weights), trains one batch
 (PyTorch's warm-up), and prints one JSON line describing itself. Then, for each line on stdin:
 
@@ -56,7 +56,7 @@ def main(data_path: str, model_name: str, batch_size: str, seed: str, threads: s
     torch.set_num_threads(int(threads))
     with np.load(data_path) as data:
         raw, labels = data["images"], torch.from_numpy(data["labels"].astype(np.int64))
-    images = torch.from_numpy(raw.astype(np.float32) / np.float32(255)).reshape(len(raw), 1, *raw.shape[1:])
+    images = torch.from_numpy(raw.astype(np.float32) / np.float32(255)).reshape(len(raw), -1, *raw.shape[-2:])
     xpnet.manual_seed(seed_value)
     net = to_torch(build_model(model_name))
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)

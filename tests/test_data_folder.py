@@ -51,34 +51,113 @@ def test_loads_pixels_and_labels_from_sorted_folder_names(tmp_path):
     written = make_tree(tmp_path, classes=("cat", "ant", "bee"))
     ds = load_class_folders(tmp_path, "train")
     assert ds.classes == ["ant", "bee", "cat"]
-    assert ds.images.dtype == np.uint8 and ds.images.shape == (6, 28, 28)
+    assert ds.images.dtype == np.uint8 and ds.images.shape == (6, 1, 28, 28) and ds.shape == (1, 28, 28)
     assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [0, 0, 1, 1, 2, 2]
     for image, label, name in zip(ds.images, ds.labels, ["ant/0", "ant/1", "bee/0", "bee/1", "cat/0", "cat/1"]):
         assert ds.classes[label] == name.split("/")[0]
-        np.testing.assert_array_equal(image, written[f"{name}.png"])
+        np.testing.assert_array_equal(image[0], written[f"{name}.png"])
 
 
-def test_rgb_and_jpeg_become_grayscale(tmp_path):
+def test_a_colour_image_makes_the_split_rgb(tmp_path):
+    """Gray images decoded before and after the first colour one get three equal channels."""
+    rng = np.random.default_rng(1)
+    gray = [rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(2)]
+    rgb = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    save(tmp_path / "test" / "a" / "0.png", gray[0])
+    save(tmp_path / "test" / "b" / "rgb.PNG", rgb)
+    save(tmp_path / "test" / "c" / "0.png", gray[1])
+    ds = load_class_folders(tmp_path, "test", cache=False)
+    assert ds.images.shape == (3, 3, 28, 28) and ds.labels.tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(ds.images[1], rgb.transpose(2, 0, 1))
+    for i, pixels in ((0, gray[0]), (2, gray[1])):
+        np.testing.assert_array_equal(ds.images[i], np.asarray(Image.fromarray(pixels).convert("RGB"))
+                                      .transpose(2, 0, 1))
+
+
+def test_grayscale_converts_colour_to_luma(tmp_path):
     rgb = np.random.default_rng(1).integers(0, 256, (28, 28, 3), dtype=np.uint8)
     save(tmp_path / "test" / "a" / "rgb.PNG", rgb)
     flat = np.full((28, 28), 200, np.uint8)
     save(tmp_path / "test" / "b" / "flat.jpg", flat)
-    ds = load_class_folders(tmp_path, "test", cache=False)
-    np.testing.assert_array_equal(ds.images[0], np.asarray(Image.fromarray(rgb).convert("L")))
+    ds = load_class_folders(tmp_path, "test", cache=False, grayscale=True)
+    assert ds.shape == (1, 28, 28)
+    np.testing.assert_array_equal(ds.images[0, 0], np.asarray(Image.fromarray(rgb).convert("L")))
     assert np.abs(ds.images[1].astype(int) - 200).max() <= 2   # JPEG is lossy
     assert ds.labels.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "CMYK"])
+def test_other_colour_modes_are_rgb(tmp_path, mode):
+    rgb = np.random.default_rng(2).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb).convert(mode)
+    path = tmp_path / "train" / "a" / ("x.png" if mode == "RGBA" else "x.jpg")   # PNG has no CMYK
+    path.parent.mkdir(parents=True)
+    image.save(path)
+    ds = load_class_folders(tmp_path, "train", cache=False)
+    with Image.open(path) as opened:
+        expected = np.asarray(opened.convert("RGB")).transpose(2, 0, 1)
+    assert ds.shape == (3, 28, 28)
+    np.testing.assert_array_equal(ds.images[0], expected)
+
+
+def test_palette_images_are_gray_unless_a_pixel_has_colour(tmp_path):
+    gray_pixels = np.tile(np.arange(0, 252, 9, dtype=np.uint8), (28, 1))
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    Image.fromarray(gray_pixels).convert("P").save(tmp_path / "train" / "a" / "0.png")
+    ds = load_class_folders(tmp_path, "train", cache=False)
+    assert ds.shape == (1, 28, 28)
+    with Image.open(tmp_path / "train" / "a" / "0.png") as opened:
+        assert opened.mode == "P"
+        np.testing.assert_array_equal(ds.images[0, 0], np.asarray(opened.convert("L")))
+    colour = np.random.default_rng(3).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    Image.fromarray(colour).quantize(16).save(tmp_path / "train" / "a" / "1.png")
+    ds = load_class_folders(tmp_path, "train", cache=False)
+    assert ds.shape == (3, 28, 28)
+    with Image.open(tmp_path / "train" / "a" / "1.png") as opened:
+        np.testing.assert_array_equal(ds.images[1], np.asarray(opened.convert("RGB")).transpose(2, 0, 1))
+    np.testing.assert_array_equal(ds.images[0], np.broadcast_to(gray_pixels, (3, 28, 28)))
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    wide = np.linspace(0, 65535, 28 * 28).round().astype(np.uint16).reshape(28, 28)
+    save(tmp_path / "train" / "a" / "deep.png", wide)
+    with Image.open(tmp_path / "train" / "a" / "deep.png") as opened:
+        assert opened.mode.startswith("I")                   # Pillow opens it as 16-bit, not as "L"
+    for grayscale in (False, True):
+        ds = load_class_folders(tmp_path, "train", cache=False, grayscale=grayscale)
+        assert ds.shape == (1, 28, 28)
+        np.testing.assert_array_equal(ds.images[0, 0], np.rint(wide / 257.0).astype(np.uint8))
+    assert ds.images.max() == 255 and ds.images.min() == 0 and len(np.unique(ds.images)) > 200
+
+
+def test_tree_splits_agree_on_channels_and_classes(tmp_path):
+    from xpnet.data import load_class_tree
+    make_tree(tmp_path, split="train")
+    make_tree(tmp_path, split="test", per_class=1)
+    save(tmp_path / "test" / "1" / "colour.png", np.full((28, 28, 3), (10, 20, 30), np.uint8))
+    train, test = load_class_tree(tmp_path)
+    assert train.shape == test.shape == (3, 28, 28)
+    gray_train = load_class_folders(tmp_path, "train")
+    np.testing.assert_array_equal(train.images, np.repeat(gray_train.images, 3, axis=1))
+    assert (test.images[2] == np.array([10, 20, 30])[:, None, None]).all()
+    train, test = load_class_tree(tmp_path, grayscale=True)
+    assert train.shape == test.shape == (1, 28, 28)
+    np.testing.assert_array_equal(train.images, gray_train.images)
 
 
 def test_resize(tmp_path):
     save(tmp_path / "train" / "0" / "big.png", np.full((40, 36), 77, np.uint8))
     ds = load_class_folders(tmp_path, "train", resize=True)
-    assert ds.images.shape == (1, 28, 28) and (ds.images == 77).all()
+    assert ds.images.shape == (1, 1, 28, 28) and (ds.images == 77).all()
+    save(tmp_path / "train" / "1" / "big.png", np.full((40, 36, 3), (1, 2, 3), np.uint8))
+    ds = load_class_folders(tmp_path, "train", resize=True)
+    assert ds.images.shape == (2, 3, 28, 28) and (ds.images[1] == np.array([1, 2, 3])[:, None, None]).all()
 
 
 def test_size_is_height_then_width(tmp_path):
     save(tmp_path / "train" / "0" / "wide.png", np.zeros((10, 20), np.uint8))   # 10 high, 20 wide
-    assert load_class_folders(tmp_path, "train", size=(10, 20)).images.shape == (1, 10, 20)
-    assert load_class_folders(tmp_path, "train", size=(5, 8), resize=True).images.shape == (1, 5, 8)
+    assert load_class_folders(tmp_path, "train", size=(10, 20)).images.shape == (1, 1, 10, 20)
+    assert load_class_folders(tmp_path, "train", size=(5, 8), resize=True).images.shape == (1, 1, 5, 8)
 
 
 def test_wrong_size_names_the_file_and_the_expected_size(tmp_path):
@@ -205,8 +284,17 @@ def test_added_and_removed_files_rebuild(tmp_path, decodes):
 def test_options_are_part_of_the_key(tmp_path, decodes):
     make_tree(tmp_path, classes=("0",))
     load_class_folders(tmp_path, "train")
-    assert load_class_folders(tmp_path, "train", resize=True, size=(14, 14)).images.shape == (2, 14, 14)
+    assert load_class_folders(tmp_path, "train", resize=True, size=(14, 14)).images.shape == (2, 1, 14, 14)
     assert len(decodes) == 4
+
+
+def test_grayscale_is_part_of_the_key(tmp_path, decodes):
+    make_tree(tmp_path, classes=("0",))
+    save(tmp_path / "train" / "0" / "rgb.png", np.full((28, 28, 3), (200, 0, 0), np.uint8))
+    assert load_class_folders(tmp_path, "train").shape == (3, 28, 28)
+    assert load_class_folders(tmp_path, "train", grayscale=True).shape == (1, 28, 28)
+    assert load_class_folders(tmp_path, "train", grayscale=True).shape == (1, 28, 28)
+    assert len(decodes) == 6
 
 
 def test_splits_have_separate_caches(tmp_path, decodes):
@@ -232,7 +320,7 @@ def test_corrupt_cache_is_rebuilt(tmp_path, decodes):
     (tmp_path / ".xpnet-cache-train.npz").write_bytes(b"garbage")
     ds = load_class_folders(tmp_path, "train")
     assert len(decodes) == 12
-    np.testing.assert_array_equal(ds.images[0], written["0/0.png"])
+    np.testing.assert_array_equal(ds.images[0, 0], written["0/0.png"])
     load_class_folders(tmp_path, "train")
     assert len(decodes) == 12
 

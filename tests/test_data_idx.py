@@ -95,7 +95,8 @@ def test_load_idx_pair(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (5, 4, 3), dtype=np.uint8)
     labels = np.array([0, 2, 1, 2, 0], np.uint8)
     ds = load_idx_pair(*write_pair(tmp_path, images, labels))
-    np.testing.assert_array_equal(ds.images, images)
+    np.testing.assert_array_equal(ds.images, images[:, None])
+    assert ds.shape == (1, 4, 3)
     assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [0, 2, 1, 2, 0]
     assert ds.classes == ["0", "1", "2"] and len(ds) == 5
     assert load_idx_pair(*write_pair(tmp_path, images, labels), classes=list("abcd")).classes == list("abcd")
@@ -132,11 +133,12 @@ def test_dataset_validation_and_subset():
     images = np.arange(4 * 2 * 2, dtype=np.uint8).reshape(4, 2, 2)
     ds = Dataset(images, np.array([0, 1, 1, 0], np.int32), ["a", "b"])
     assert ds.labels.dtype == np.int64
+    assert ds.images.shape == (4, 1, 2, 2) and ds.shape == (1, 2, 2)   # (N, H, W) gets its channel axis
     sub = ds.subset(np.array([3, 1]))
-    np.testing.assert_array_equal(sub.images, images[[3, 1]])
+    np.testing.assert_array_equal(sub.images, images[[3, 1], None])
     assert sub.labels.tolist() == [0, 1] and sub.classes == ["a", "b"] and len(sub) == 2
     empty = ds.subset(np.array([], np.int64))
-    assert len(empty) == 0 and empty.images.shape == (0, 2, 2)
+    assert len(empty) == 0 and empty.images.shape == (0, 1, 2, 2)
     with pytest.raises(DataError, match="4 images but 3 labels"):
         Dataset(images, np.zeros(3, np.int64), ["a"])
     with pytest.raises(DataError, match="label 2 is out of range"):
@@ -145,7 +147,18 @@ def test_dataset_validation_and_subset():
         Dataset(images, np.array([0, -1, 1, 0]), ["a", "b"])
     with pytest.raises(DataError, match="uint8"):
         Dataset(images.astype(np.float32), np.zeros(4, np.int64), ["a"])
+    with pytest.raises(DataError, match=r"\(N, C, H, W\) or \(N, H, W\)"):
+        Dataset(images.reshape(4, 4), np.zeros(4, np.int64), ["a"])
+    with pytest.raises(DataError, match="at least one channel"):
+        Dataset(np.zeros((4, 0, 2, 2), np.uint8), np.zeros(4, np.int64), ["a"])
     assert issubclass(DataError, ValueError)
+
+
+def test_dataset_keeps_channels():
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 3, 4, 5), dtype=np.uint8)
+    ds = Dataset(rgb, np.array([0, 1, 0]), ["a", "b"])
+    assert ds.shape == (3, 4, 5) and ds.images is rgb
+    np.testing.assert_array_equal(ds.subset(np.array([2])).images, rgb[[2]])
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):

@@ -47,9 +47,10 @@ def arrays():
 
 
 def assert_matches(data, arrays):
-    np.testing.assert_array_equal(data.train.images, arrays["train-images-idx3-ubyte"])
+    assert data.train.images.shape == (N_TRAIN, 1, 28, 28)
+    np.testing.assert_array_equal(data.train.images[:, 0], arrays["train-images-idx3-ubyte"])
     np.testing.assert_array_equal(data.train.labels, arrays["train-labels-idx1-ubyte"])
-    np.testing.assert_array_equal(data.test.images, arrays["t10k-images-idx3-ubyte"])
+    np.testing.assert_array_equal(data.test.images[:, 0], arrays["t10k-images-idx3-ubyte"])
     np.testing.assert_array_equal(data.test.labels, arrays["t10k-labels-idx1-ubyte"])
     assert data.train.classes == data.test.classes == [str(d) for d in range(10)]
 
@@ -94,7 +95,7 @@ def test_idx_folder_with_dotted_names(tmp_path, arrays):
 def test_class_folder_tree(tmp_path, arrays):
     data = load_mnist(write_class_tree(tmp_path / "tree", arrays), download=False)
     order = np.argsort(arrays["train-labels-idx1-ubyte"], kind="stable")   # the tree lists images by class
-    np.testing.assert_array_equal(data.train.images, arrays["train-images-idx3-ubyte"][order])
+    np.testing.assert_array_equal(data.train.images[:, 0], arrays["train-images-idx3-ubyte"][order])
     np.testing.assert_array_equal(data.train.labels, arrays["train-labels-idx1-ubyte"][order])
     assert len(data.test) == N_TEST and data.test.classes == [str(d) for d in range(10)]
     assert data.source == f"class folders in {tmp_path / 'tree'}"
@@ -367,7 +368,7 @@ def mirrors(tmp_path, arrays, monkeypatch):
         raw = gzip.decompress((served / "good" / f"{name}.gz").read_bytes())
         checksums[name] = hashlib.sha256(raw).hexdigest()
         (served / "bad" / f"{name}.gz").write_bytes(gzip.compress(raw[:-1] + bytes([raw[-1] ^ 1])))
-    monkeypatch.setattr(mnist, "SHA256", checksums)
+    monkeypatch.setattr(mnist.SPEC, "checksums", checksums)
     requests = []
 
     class Handler(QuietHandler):

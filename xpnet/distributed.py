@@ -134,7 +134,7 @@ class MpiWorld(World):
     def shard_loader(self, loader: DataLoader) -> DataLoader:
         lo, hi = self.bounds(len(loader.dataset))
         return DataLoader(loader.dataset.subset(np.arange(lo, hi)), loader.batch_size, to_device=loader.to_device,
-                          dtype=loader.dtype, preload=loader.preload)
+                          dtype=loader.dtype, preload=loader.preload, transform=loader.transform)
 
     def abort(self, code: int) -> None:
         """End every rank of the job with exit status ``code`` (the others may be waiting in a collective)."""

@@ -1,8 +1,11 @@
 """Class-folder image trees (``root/<split>/<class>/*.png|jpg``), decoded once and cached as .npz.
 
-Labels follow the sorted folder names. The decoded arrays are cached at ``root/.xpnet-cache-<split>.npz`` (or
-in the user cache when ``root`` is read-only) under a key made of every image's relative name, size and
-mtime plus the resize options, so adding, removing, replacing or touching an image rebuilds the cache.
+Labels follow the sorted folder names. A split is RGB (3 channels) when any of its images has colour (an RGB,
+RGBA, CMYK or YCbCr file, or a palette image with a coloured pixel), else grayscale (1 channel); ``grayscale``
+forces one channel (Pillow's "L" luma). 16-bit grayscale PNGs are scaled to 8 bits. The decoded arrays are
+cached at ``root/.xpnet-cache-<split>.npz`` (or in the user cache when ``root`` is read-only) under a key made of
+every image's relative name, size and mtime plus the decoding options, so adding, removing, replacing or
+touching an image rebuilds the cache.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from xpnet.data.files import atomic_write, user_cache_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_FORMATS = ("PNG", "JPEG")
-CACHE_VERSION = 1  # bump when the decoding changes, so old caches are rebuilt
+CACHE_VERSION = 2  # bump when the decoding changes, so old caches are rebuilt
+GRAY_MODES = ("1", "L", "LA", "La")
+WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # how Pillow opens 16-bit grayscale PNGs
+PALETTE_MODES = ("P", "PA")
 
 
 def image_suffixes(image_type: str | None) -> tuple[str, ...]:
@@ -58,23 +64,41 @@ def _scan(split_dir: Path, suffixes: tuple[str, ...]) -> tuple[list[str], list[l
     return [d.name for d in class_dirs], files
 
 
-def _cache_key(split_dir: Path, files: list[list[Path]], resize: bool, size: tuple[int, int]) -> str:
+def _cache_key(split_dir: Path, files: list[list[Path]], resize: bool, size: tuple[int, int],
+               grayscale: bool) -> str:
     """Hash of every image's relative name, size and mtime_ns, and of the decoding options."""
     entries = []
     for class_files in files:
         for p in class_files:
             st = p.stat()
             entries.append((p.relative_to(split_dir).as_posix(), st.st_size, st.st_mtime_ns))
-    text = json.dumps([CACHE_VERSION, resize, list(size), entries])
+    text = json.dumps([CACHE_VERSION, resize, list(size), "L" if grayscale else "auto", entries])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def decode_image(path: Path, resize: bool, size: tuple[int, int]) -> np.ndarray:
-    """One PNG/JPG file as a uint8 (H, W) grayscale array of ``size`` (height, width)."""
+def _gray_or_rgb(img: Image.Image, grayscale: bool) -> Image.Image:
+    """``img`` (fully decoded) as an "L" image if it is grayscale or ``grayscale`` is set, else as "RGB"."""
+    if img.mode in WIDE_GRAY_MODES:  # convert("L") would clip 16-bit values to 255 instead of scaling them
+        wide = np.asarray(img).astype(np.int64)
+        return Image.fromarray(np.clip((wide + 128) // 257, 0, 255).astype(np.uint8), "L")  # round(v * 255/65535)
+    if grayscale or img.mode in GRAY_MODES:
+        return img.convert("L")
+    rgb = img.convert("RGB")
+    if img.mode in PALETTE_MODES:
+        pixels = np.asarray(rgb)
+        if (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all():
+            return Image.fromarray(pixels[..., 0], "L")  # only gray entries used: what convert("L") gives
+    return rgb
+
+
+def decode_image(path: Path, resize: bool, size: tuple[int, int], grayscale: bool = False) -> np.ndarray:
+    """One PNG/JPG file at ``size`` (height, width) as uint8: (H, W) if grayscale (or ``grayscale`` is set),
+    else RGB (3, H, W)."""
     try:
         with Image.open(path) as opened:
             fmt = opened.format
-            img = opened.convert("L")  # decodes the whole file, so a truncated one fails here
+            opened.load()  # decodes the whole file, so a truncated one fails here
+            img = _gray_or_rgb(opened, grayscale)
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: not a readable PNG/JPG image ({exc})") from None
     if fmt not in IMAGE_FORMATS:
@@ -85,7 +109,8 @@ def decode_image(path: Path, resize: bool, size: tuple[int, int]) -> np.ndarray:
             raise DataError(f"{path}: image is {img.height}x{img.width} (height x width) but {height}x{width} was "
                             f"expected; resize the images or load them with resize=True")
         img = img.resize((width, height), Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+    pixels = np.asarray(img, dtype=np.uint8)
+    return pixels if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
 def _cache_paths(root: Path, split: str) -> list[Path]:
@@ -117,10 +142,28 @@ def _write_cache(paths: list[Path], key: str, images: np.ndarray, labels: np.nda
             continue
 
 
+def _decode_all(files: list[Path], resize: bool, size: tuple[int, int], grayscale: bool,
+                desc: str) -> np.ndarray:
+    """uint8 (N, C, H, W) of ``files``: C = 1 until the first colour image, then 3 (earlier ones replicated)."""
+    images = None
+    for i, p in enumerate(tqdm(files, desc=desc, unit="img", disable=None, leave=False)):
+        pixels = decode_image(p, resize, size, grayscale)
+        channels = 1 if pixels.ndim == 2 else len(pixels)
+        if images is None:
+            images = np.empty((len(files), channels, *size), dtype=np.uint8)
+        elif channels > images.shape[1]:
+            rgb = np.empty((len(files), channels, *size), dtype=np.uint8)
+            rgb[:i] = images[:i]  # gray to RGB replicates the value, as Pillow's convert("RGB") does
+            images = rgb
+        images[i] = pixels  # a gray (H, W) image broadcasts over the channels
+    return images
+
+
 def load_class_folders(root: str | os.PathLike, split: str, *, resize: bool = False,
                        size: tuple[int, int] = (28, 28), cache: bool = True,
-                       image_type: str | None = None) -> Dataset:
-    """The images under ``root/split/<class>/`` as a Dataset (uint8 (N, H, W), grayscale).
+                       image_type: str | None = None, grayscale: bool = False) -> Dataset:
+    """The images under ``root/split/<class>/`` as a Dataset: uint8 (N, 3, H, W) if any image has colour and
+    ``grayscale`` is not set, else (N, 1, H, W).
 
     Images must be ``size`` (height, width) unless ``resize`` is set. With ``cache`` the decoded arrays are
     reused until an image file or an option changes. ``image_type`` ("png" or "jpg") reads only that type.
@@ -129,18 +172,37 @@ def load_class_folders(root: str | os.PathLike, split: str, *, resize: bool = Fa
     split_dir = root / split
     classes, files = _scan(split_dir, image_suffixes(image_type))
     size = (int(size[0]), int(size[1]))
-    key = _cache_key(split_dir, files, resize, size) if cache else ""
+    key = _cache_key(split_dir, files, resize, size, grayscale) if cache else ""
     paths = _cache_paths(root, split) if cache else []
     for path in paths:
         hit = _read_cache(path, key)
         if hit is not None:
             return dataset_from(path, *hit)
-    n = sum(len(f) for f in files)
-    images = np.empty((n, *size), dtype=np.uint8)
     labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(f) for f in files])
     all_files = [p for class_files in files for p in class_files]
-    for i, p in enumerate(tqdm(all_files, desc=f"decoding {split_dir}", unit="img", disable=None, leave=False)):
-        images[i] = decode_image(p, resize, size)
+    images = _decode_all(all_files, resize, size, grayscale, f"decoding {split_dir}")
     if cache:
         _write_cache(paths, key, images, labels, classes)
     return dataset_from(split_dir, images, labels, classes)
+
+
+def load_class_tree(root: str | os.PathLike, *, resize: bool = False, size: tuple[int, int] = (28, 28),
+                    cache: bool = True, image_type: str | None = None,
+                    grayscale: bool = False) -> tuple[Dataset, Dataset]:
+    """(train, test) from ``root/train`` and ``root/test``, with the same class folders and channel count: if one
+    split has colour, the other's grayscale images are given three equal channels too."""
+    root = Path(root)
+    train, test = (load_class_folders(root, split, resize=resize, size=size, cache=cache, image_type=image_type,
+                                      grayscale=grayscale) for split in ("train", "test"))
+    if train.classes != test.classes:
+        raise DataError(f"{root / 'train'} and {root / 'test'} have different class folders: {train.classes} vs "
+                        f"{test.classes}; both splits need the same classes")
+    channels = max(train.shape[0], test.shape[0])
+    return _with_channels(train, channels), _with_channels(test, channels)
+
+
+def _with_channels(dataset: Dataset, channels: int) -> Dataset:
+    """``dataset`` with its single gray channel repeated ``channels`` times (unchanged if it has them)."""
+    if dataset.shape[0] == channels:
+        return dataset
+    return Dataset(np.repeat(dataset.images, channels, axis=1), dataset.labels, list(dataset.classes))

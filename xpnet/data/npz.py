@@ -1,4 +1,5 @@
-"""MNIST-style .npz files: uint8 ``x_train`` (N, H, W), ``y_train``, ``x_test``, ``y_test``, optional ``classes``."""
+"""MNIST-style .npz files: uint8 ``x_train`` (N, C, H, W) or (N, H, W), ``y_train``, ``x_test``, ``y_test``, optional
+``classes``."""
 
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ def load_npz(path: str | os.PathLike) -> tuple[Dataset, Dataset]:
     if missing:
         raise DataError(f"{path}: missing key(s) {', '.join(missing)}; expected arrays {', '.join(KEYS)} "
                         f"(found: {', '.join(found) or 'none'})")
+    for key in ("x_train", "x_test"):
+        shape = arrays[key].shape
+        if len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+            raise DataError(f"{path}: {key} has shape {shape}, which looks channels-last (N, H, W, C); expected "
+                            f"(N, C, H, W) (e.g. x.transpose(0, 3, 1, 2))")
     if classes is None:
         top = max((int(arrays[k].max()) for k in ("y_train", "y_test") if arrays[k].size), default=-1)
         classes = [str(i) for i in range(top + 1)]
