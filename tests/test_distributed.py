@@ -89,7 +89,7 @@ def check_two_ranks_reproduce_one(data, tmp_path, model, dtype, batch, tolerance
     run = mpirun(2, [dtype, *train_args(data, two, model, batch)], **env)
     assert run.returncode == 0, run.stderr
     a, b = load_checkpoint(two / "last.npz"), load_checkpoint(one / "last.npz")
-    assert a.optimizer["step_count"] == b.optimizer["step_count"] == -(-736 // batch)
+    assert a.optimizer == b.optimizer  # SGD without momentum keeps no per-parameter state, so no step count
     assert a.weights.keys() == b.weights.keys()
     errors = {k: relative_error(a.weights[k], b.weights[k]) for k in b.weights}
     assert all(a.weights[k].dtype == np.dtype(dtype) for k in a.weights)

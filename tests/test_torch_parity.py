@@ -159,6 +159,7 @@ def test_check_cli_float32_reports_drift(capsys):
 
 def test_check_detects_an_optimizer_mismatch(monkeypatch):
     """SGD without the momentum buffer must fail the comparison at once."""
-    monkeypatch.setattr(xpnet.optim.SGD, "_update", lambda self, p, grad, state: p.data.__isub__(self.lr * grad))
+    monkeypatch.setattr(xpnet.optim.SGD, "_update",
+                        lambda self, p, grad, state, group: p.data.__isub__(group["lr"] * grad))
     diffs = check.compare("lenet5", steps=3, dtype=np.float64, optimizer="sgd", batch_size=2)
     assert not check.within_tolerance(diffs[-1], check.TOLERANCES["float64"])
