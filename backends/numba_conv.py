@@ -30,12 +30,13 @@ MAX_MACS_PER_PIXEL = 4096  # C*KH*KW*OC up to which direct convolution beat im2c
 
 
 def direct_pays(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, int],
-                padding: tuple[int, int]) -> bool:
-    """Whether the direct kernels handle this convolution: stride 1, padding below the kernel size (so the input
-    gradient is a forward convolution with non-negative padding), and few multiply-adds per output pixel."""
+                padding: tuple[int, int], dilation: tuple[int, int] = (1, 1), groups: int = 1) -> bool:
+    """Whether the direct kernels handle this convolution: stride 1, no dilation, one group, padding below the
+    kernel size (so the input gradient is a forward convolution with non-negative padding), and few
+    multiply-adds per output pixel."""
     oc, c, kh, kw = w_shape
-    return (tuple(stride) == (1, 1) and padding[0] < kh and padding[1] < kw
-            and c * kh * kw * oc <= MAX_MACS_PER_PIXEL)
+    return (tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
+            and padding[0] < kh and padding[1] < kw and c * kh * kw * oc <= MAX_MACS_PER_PIXEL)
 
 
 @functools.lru_cache(maxsize=64)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from xpnet.functional import conv_padding
 from xpnet.kernels import out_size
 from xpnet.nn import Conv2D, Dense, Dropout, Flatten, MaxPool2D, Module, ReLU, Sequential
 
@@ -57,9 +58,10 @@ def _layer(layer: Module, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]
     """(output shape, forward MACs) of one layer on one image of ``shape``."""
     if isinstance(layer, Conv2D):
         c, h, w = shape
-        k, s, p = layer.kernel_size, layer.stride, layer.padding
-        oh, ow = out_size(h, k, s, p), out_size(w, k, s, p)
-        return (layer.out_channels, oh, ow), layer.out_channels * oh * ow * c * k * k
+        (kh, kw), (sy, sx), (dy, dx) = layer.kernel_size, layer.stride, layer.dilation
+        (ph, pw), (eh, ew) = conv_padding(layer.padding, layer.kernel_size, layer.stride, layer.dilation)
+        oh, ow = out_size(h + eh, kh, sy, ph, dy), out_size(w + ew, kw, sx, pw, dx)
+        return (layer.out_channels, oh, ow), layer.out_channels * oh * ow * c // layer.groups * kh * kw
     if isinstance(layer, Dense):
         return (layer.out_features,), layer.in_features * layer.out_features
     if isinstance(layer, MaxPool2D):

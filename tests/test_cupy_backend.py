@@ -13,9 +13,11 @@ from gpu_emulator import EmulatedModule, gather_reference, gxx
 
 import xpnet
 from xpnet import backend as registry
+from xpnet import functional as F
 from xpnet.backend import BackendUnavailable
 from xpnet.backends import cupy as cupy_backend_module
-from xpnet.backends.cupy import COL2IM_SOURCE, MAX_GRID, probe
+from xpnet.backends.cuda_launch import COL2IM_SOURCE, MAX_GRID, col2im_launch
+from xpnet.backends.cuda_probe import probe
 from xpnet.kernels import out_size
 
 needs_cupy = pytest.mark.skipif(find_spec("cupy") is None, reason="cupy is not installed")
@@ -45,21 +47,25 @@ def test_arrays_round_trip(cupy_backend):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kernel, stride, padding, dtype", [
-    ((1, 1), (1, 1), (0, 0), np.float32), ((3, 3), (1, 1), (1, 1), np.float32), ((3, 3), (2, 2), (1, 1), np.float64),
-    ((5, 5), (3, 3), (2, 2), np.float32), ((2, 5), (3, 1), (2, 0), np.float64), ((3, 1), (1, 2), (0, 1), np.float32),
+@pytest.mark.parametrize("kernel, stride, padding, dilation, dtype", [
+    ((1, 1), (1, 1), (0, 0), (1, 1), np.float32), ((3, 3), (1, 1), (1, 1), (1, 1), np.float32),
+    ((3, 3), (2, 2), (1, 1), (1, 1), np.float64), ((5, 5), (3, 3), (2, 2), (1, 1), np.float32),
+    ((2, 5), (3, 1), (2, 0), (1, 1), np.float64), ((3, 1), (1, 2), (0, 1), (1, 1), np.float32),
+    ((3, 3), (1, 1), (2, 2), (2, 2), np.float32), ((3, 2), (2, 1), (1, 2), (3, 2), np.float64),
 ])
-def test_col2im_kernel_is_bit_identical_to_numpy_and_deterministic(cupy_backend, kernel, stride, padding, dtype):
+def test_col2im_kernel_is_bit_identical_to_numpy_and_deterministic(cupy_backend, kernel, stride, padding,
+                                                                   dilation, dtype):
     rng = np.random.default_rng(0)
     x_shape = (3, 4, 13, 9)
-    cols_shape = (3, 4, *kernel, out_size(13, kernel[0], stride[0], padding[0]),
-                  out_size(9, kernel[1], stride[1], padding[1]))
+    cols_shape = (3, 4, *kernel, *(out_size(size, k, s, p, d) for size, k, s, p, d in
+                                   zip(x_shape[2:], kernel, stride, padding, dilation)))
     cols = rng.standard_normal(cols_shape).astype(dtype)
     on_device = cupy_backend.asarray(cols)
-    first = cupy_backend.to_numpy(cupy_backend.col2im(on_device, x_shape, stride, padding))
-    again = cupy_backend.to_numpy(cupy_backend.col2im(on_device, x_shape, stride, padding))
-    np.testing.assert_array_equal(bits(first), bits(gather_reference(cols, x_shape, stride, padding)))
-    np.testing.assert_array_equal(bits(first), bits(xpnet.get_backend("numpy").col2im(cols, x_shape, stride, padding)))
+    first = cupy_backend.to_numpy(cupy_backend.col2im(on_device, x_shape, stride, padding, dilation))
+    again = cupy_backend.to_numpy(cupy_backend.col2im(on_device, x_shape, stride, padding, dilation))
+    np.testing.assert_array_equal(bits(first), bits(gather_reference(cols, x_shape, stride, padding, dilation)))
+    numpy_col2im = xpnet.get_backend("numpy").col2im(cols, x_shape, stride, padding, dilation)
+    np.testing.assert_array_equal(bits(first), bits(numpy_col2im))
     np.testing.assert_array_equal(bits(first), bits(again))
 
 
@@ -80,10 +86,31 @@ def test_col2im_rejects_unsupported_dtypes(cupy_backend):
 
 
 @pytest.mark.gpu
-def test_im2col_matches_numpy(cupy_backend):
+@pytest.mark.parametrize("dilation", [(1, 1), (2, 3)])
+def test_im2col_matches_numpy(cupy_backend, dilation):
     x = np.random.default_rng(2).standard_normal((2, 3, 11, 8)).astype(np.float32)
-    got = cupy_backend.to_numpy(cupy_backend.im2col(cupy_backend.asarray(x), (3, 2), (2, 1), (1, 2)))
-    np.testing.assert_array_equal(got, xpnet.get_backend("numpy").im2col(x, (3, 2), (2, 1), (1, 2)))
+    got = cupy_backend.to_numpy(cupy_backend.im2col(cupy_backend.asarray(x), (3, 2), (2, 1), (1, 2), dilation))
+    np.testing.assert_array_equal(got, xpnet.get_backend("numpy").im2col(x, (3, 2), (2, 1), (1, 2), dilation))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("stride, padding, dilation, groups", [(1, 1, 1, 1), (2, 1, 1, 2), (1, 2, 2, 4),
+                                                               (1, 1, 1, 8)])
+def test_conv2d_matches_numpy(cupy_backend, stride, padding, dilation, groups):
+    """Grouped, depthwise and dilated convolution: forward and all three gradients, through autograd."""
+    rng = np.random.default_rng(6)
+    arrays = [rng.standard_normal(s) for s in ((2, 8, 9, 10), (8, 8 // groups, 3, 3), (8,))]
+    results = {}
+    for name in ("numpy", "cupy"):
+        xpnet.use(name)
+        backend = xpnet.get_backend()
+        ts = [xpnet.tensor(backend.asarray(a), requires_grad=True) for a in arrays]
+        out = F.conv2d(*ts, stride=stride, padding=padding, dilation=dilation, groups=groups)
+        out.backward(backend.asarray(np.random.default_rng(7).standard_normal(out.shape)))
+        results[name] = [out.numpy()] + [backend.to_numpy(t.grad) for t in ts]
+    xpnet.use("numpy")
+    for got, want in zip(results["cupy"], results["numpy"]):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
 
 
 @pytest.mark.gpu
@@ -127,13 +154,15 @@ def test_backend_col2im_path_on_the_emulator(monkeypatch, tmp_path):
     monkeypatch.setattr(cupy_backend_module, "probe", lambda: None)
     backend = cupy_backend_module.CupyBackend()
     for dtype, kernel in ((np.float32, "col2im_gather_f32"), (np.float64, "col2im_gather_f64")):
-        cols = np.random.default_rng(5).standard_normal((2, 3, 3, 2, 5, 7)).astype(dtype)
-        got = backend.col2im(cols, (2, 3, 10, 8), (2, 1), (1, 0))
-        np.testing.assert_array_equal(bits(got), bits(gather_reference(cols, (2, 3, 10, 8), (2, 1), (1, 0))))
-        expected = cupy_backend_module.col2im_launch(cols.shape, (2, 3, 10, 8), (2, 1), (1, 0), dtype)
-        name, grid, block, args = launches[-1]
-        assert (name, grid, block) == (kernel, expected.grid, expected.block)
-        assert args[0] is cols and args[1] is got and args[2:] == expected.scalars
+        for dilation, cols_shape in (((1, 1), (2, 3, 3, 2, 5, 7)), ((2, 3), (2, 3, 3, 2, 4, 5))):
+            cols = np.random.default_rng(5).standard_normal(cols_shape).astype(dtype)
+            got = backend.col2im(cols, (2, 3, 10, 8), (2, 1), (1, 0), dilation)
+            expected_img = gather_reference(cols, (2, 3, 10, 8), (2, 1), (1, 0), dilation)
+            np.testing.assert_array_equal(bits(got), bits(expected_img))
+            expected = col2im_launch(cols.shape, (2, 3, 10, 8), (2, 1), (1, 0), dilation, dtype)
+            name, grid, block, args = launches[-1]
+            assert (name, grid, block) == (kernel, expected.grid, expected.block)
+            assert args[0] is cols and args[1] is got and args[2:] == expected.scalars
 
 
 # --- everywhere: selection fails fast and clearly, and CUDA stays untouched unless asked for --------------------
@@ -176,8 +205,9 @@ def test_missing_cupy_gives_an_install_hint(monkeypatch):
 
 
 def test_numpy_backend_and_cupy_module_never_import_cupy():
-    code = ("import sys, xpnet; xpnet.use('numpy'); import xpnet.backends.cupy as cb; "
-            "cb.col2im_launch((1, 1, 2, 2, 2, 2), (1, 1, 3, 3), (1, 1), (0, 0), 'float32'); "
+    code = ("import sys, xpnet; xpnet.use('numpy'); import xpnet.backends.cupy, xpnet.backends.cuda_probe; "
+            "from xpnet.backends.cuda_launch import col2im_launch; "
+            "col2im_launch((1, 1, 2, 2, 2, 2), (1, 1, 3, 3), (1, 1), (0, 0), (1, 1), 'float32'); "
             "print('cupy' in sys.modules, 'cupy_backends' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -1,5 +1,6 @@
-"""The Numba backend's direct convolution against a by-definition reference (one slice per kernel tap), on random
-shapes, paddings, rectangular kernels and odd channel counts; and when it is used instead of im2col + matmul."""
+"""The Numba backend's direct and depthwise convolutions against by-definition references, on random shapes,
+strides, paddings, dilations, rectangular kernels and odd channel counts; and when each is used instead of
+im2col + matmul."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import pytest
 
 pytest.importorskip("numba", reason="the numba backend needs numba: pip install 'xpnet[numba]'")
 
+from test_kernels import CASES, naive_conv  # noqa: E402
+
+from xpnet import functional as F  # noqa: E402
+from xpnet import kernels  # noqa: E402
 from xpnet.backend import get_backend  # noqa: E402
-from xpnet.backends import numba_conv  # noqa: E402
+from xpnet.backends import numba_conv, numba_depthwise  # noqa: E402
+from xpnet.gradcheck import max_relative_error  # noqa: E402
 from xpnet.models import MODELS  # noqa: E402
-from xpnet.nn import Conv2D  # noqa: E402
+from xpnet.nn import Conv2d  # noqa: E402
 
 TOL = {"float32": 2e-5, "float64": 1e-12}
 ALL_GRADS = (True, True, True)
@@ -67,10 +73,10 @@ def test_direct_convolution_matches_reference(nb, seed, dtype):
     b = rng.standard_normal(w_shape[0]).astype(dtype)
     expected, expected_grads = reference_conv(x, w, b, padding)
 
-    out, residual = nb.conv2d_forward(x, w, b, (1, 1), padding)
+    out, residual = nb.conv2d_forward(x, w, b, (1, 1), padding, (1, 1), 1)
     _assert_close(out, expected, dtype, f"output {x_shape} * {w_shape} pad {padding}")
     g = rng.standard_normal(out.shape).astype(dtype)
-    grads = nb.conv2d_backward(residual, w, g, x_shape, (1, 1), padding, ALL_GRADS)
+    grads = nb.conv2d_backward(residual, w, g, x_shape, (1, 1), padding, (1, 1), 1, ALL_GRADS)
     for name, got, want in zip(("gx", "gw", "gb"), grads, expected_grads(g.astype(np.float64))):
         _assert_close(got, want, dtype, f"{name} {x_shape} * {w_shape} pad {padding}")
 
@@ -78,14 +84,14 @@ def test_direct_convolution_matches_reference(nb, seed, dtype):
 def test_no_bias_and_only_the_gradients_asked_for(nb):
     rng = np.random.default_rng(99)
     x, w = rng.standard_normal((3, 2, 8, 7)), rng.standard_normal((5, 2, 3, 3))
-    out, residual = nb.conv2d_forward(x, w, None, (1, 1), (1, 1))
+    out, residual = nb.conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), 1)
     expected, grads = reference_conv(x, w, np.zeros(5), (1, 1))
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
     g = rng.standard_normal(out.shape)
-    gx, gw, gb = nb.conv2d_backward(residual, w, g, x.shape, (1, 1), (1, 1), (False, True, False))
+    gx, gw, gb = nb.conv2d_backward(residual, w, g, x.shape, (1, 1), (1, 1), (1, 1), 1, (False, True, False))
     assert gx is None and gb is None
     np.testing.assert_allclose(gw, grads(g)[1], rtol=1e-12, atol=1e-12)
-    gx, gw, gb = nb.conv2d_backward(residual, w, g, x.shape, (1, 1), (1, 1), (True, False, False))
+    gx, gw, gb = nb.conv2d_backward(residual, w, g, x.shape, (1, 1), (1, 1), (1, 1), 1, (True, False, False))
     assert gw is None and gb is None
     np.testing.assert_allclose(gx, grads(g)[0], rtol=1e-12, atol=1e-12)
 
@@ -94,37 +100,148 @@ def test_non_contiguous_input(nb):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((9, 7, 3, 2)).transpose(3, 2, 1, 0)  # (2, 3, 7, 9), not contiguous
     w, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
-    out, _ = nb.conv2d_forward(x, w, b, (1, 1), (1, 1))
+    out, _ = nb.conv2d_forward(x, w, b, (1, 1), (1, 1), (1, 1), 1)
     np.testing.assert_allclose(out, reference_conv(x, w, b, (1, 1))[0], rtol=1e-12, atol=1e-12)
 
 
-def test_every_layer_of_the_named_models_runs_direct():
-    for name, build in MODELS.items():
-        for layer in build():
-            if isinstance(layer, Conv2D):
-                k, p = layer.kernel_size, layer.padding
+def test_every_layer_of_the_three_small_models_runs_direct():
+    for name in ("report1", "report2", "lenet5"):
+        for layer in MODELS[name]():
+            if isinstance(layer, Conv2d):
+                (kh, kw), (ph, pw) = layer.kernel_size, layer.padding
                 shape = (1, layer.in_channels, 28, 28)
-                assert numba_conv.direct_pays(shape, layer.weight.shape, (1, 1), (p, p)), (name, layer)
+                assert numba_conv.direct_pays(shape, layer.weight.shape, layer.stride, layer.padding,
+                                              layer.dilation, layer.groups), (name, layer)
                 # the input gradient runs as a direct convolution too: channels swapped, padding K - 1 - P
-                swapped = (layer.in_channels, layer.out_channels, k, k)
-                assert numba_conv.direct_pays(shape, swapped, (1, 1), (k - 1 - p, k - 1 - p)), (name, layer)
+                swapped = (layer.in_channels, layer.out_channels, kh, kw)
+                assert numba_conv.direct_pays(shape, swapped, (1, 1), (kh - 1 - ph, kw - 1 - pw)), (name, layer)
 
 
-@pytest.mark.parametrize("x_shape, w_shape, stride, padding", [
-    ((2, 3, 9, 8), (4, 3, 3, 3), (2, 2), (1, 1)),        # stride 2
-    ((2, 3, 9, 8), (4, 3, 3, 3), (1, 1), (3, 3)),        # padding as large as the kernel
-    ((2, 32, 6, 6), (32, 32, 3, 3), (1, 1), (1, 1)),     # 9216 multiply-adds per output pixel
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation, groups", [
+    ((2, 3, 9, 8), (4, 3, 3, 3), (2, 2), (1, 1), (1, 1), 1),      # stride 2
+    ((2, 3, 9, 8), (4, 3, 3, 3), (1, 1), (3, 3), (1, 1), 1),      # padding as large as the kernel
+    ((2, 32, 6, 6), (32, 32, 3, 3), (1, 1), (1, 1), (1, 1), 1),   # 9216 multiply-adds per output pixel
+    ((2, 3, 9, 8), (4, 3, 3, 3), (1, 1), (2, 2), (2, 2), 1),      # dilation
+    ((2, 4, 9, 8), (6, 2, 3, 3), (1, 1), (1, 1), (1, 1), 2),      # two groups
+    ((2, 1, 9, 8), (3, 1, 3, 2), (2, 1), (1, 0), (1, 2), 1),      # one channel: not depthwise
 ])
-def test_other_convolutions_take_im2col_and_match_numpy(nb, x_shape, w_shape, stride, padding):
-    assert not numba_conv.direct_pays(x_shape, w_shape, stride, padding)
+def test_other_convolutions_take_im2col_and_match_numpy(nb, x_shape, w_shape, stride, padding, dilation, groups):
+    assert not numba_conv.direct_pays(x_shape, w_shape, stride, padding, dilation, groups)
+    assert not numba_depthwise.depthwise_pays(x_shape, groups)
     rng = np.random.default_rng(3)
     x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])
     generic = get_backend("numpy")
-    out, cols = nb.conv2d_forward(x, w, b, stride, padding)
-    expected, expected_cols = generic.conv2d_forward(x, w, b, stride, padding)
+    options = (stride, padding, dilation, groups)
+    out, cols = nb.conv2d_forward(x, w, b, *options)
+    expected, expected_cols = generic.conv2d_forward(x, w, b, *options)
     assert cols.shape == expected_cols.shape  # the residual is the im2col columns
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
     g = rng.standard_normal(out.shape)
-    for got, want in zip(nb.conv2d_backward(cols, w, g, x_shape, stride, padding, ALL_GRADS),
-                         generic.conv2d_backward(expected_cols, w, g, x_shape, stride, padding, ALL_GRADS)):
+    for got, want in zip(nb.conv2d_backward(cols, w, g, x_shape, *options, ALL_GRADS),
+                         generic.conv2d_backward(expected_cols, w, g, x_shape, *options, ALL_GRADS)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation", [case for case in CASES if case[4] != (1, 1)])
+def test_dilated_im2col_and_col2im_are_the_generic_kernels_bit_for_bit(nb, shape, kernel, stride, padding, dilation):
+    rng = np.random.default_rng(sum(shape) + sum(dilation))
+    x = rng.standard_normal(shape)
+    cols = nb.im2col(x, kernel, stride, padding, dilation)
+    np.testing.assert_array_equal(cols, kernels.im2col(np, x, kernel, stride, padding, dilation))
+    gcols = rng.standard_normal(cols.shape)
+    np.testing.assert_array_equal(nb.col2im(gcols, shape, stride, padding, dilation),
+                                  kernels.col2im(np, gcols, shape, stride, padding, dilation))
+
+
+@pytest.mark.parametrize("stride, padding, dilation", [((0, 1), (0, 0), (1, 1)), ((1, 1), (-1, 0), (1, 1)),
+                                                       ((1, 1), (0, 0), (1, 0))])
+def test_im2col_and_col2im_refuse_what_the_loops_would_misread(nb, stride, padding, dilation):
+    with pytest.raises(ValueError, match="stride and dilation must be >= 1 and padding >= 0"):
+        nb.im2col(np.zeros((1, 1, 5, 5)), (2, 2), stride, padding, dilation)
+    with pytest.raises(ValueError, match="stride and dilation must be >= 1 and padding >= 0"):
+        nb.col2im(np.zeros((1, 1, 2, 2, 4, 4)), (1, 1, 5, 5), stride, padding, dilation)
+
+
+# --- depthwise -------------------------------------------------------------------------------------------------
+
+def depthwise_case(rng, unit_stride):
+    """A random depthwise convolution: 2-5 channels, multiplier 1-2, kernel up to 4x4, stride, dilation and
+    padding up to 3 (padding may exceed the kernel); ``unit_stride`` takes the long-row kernels."""
+    c, multiplier = int(rng.integers(2, 6)), int(rng.integers(1, 3))
+    kh, kw = (int(k) for k in rng.integers(1, 5, 2))
+    stride = (1, 1) if unit_stride else tuple(int(s) for s in rng.integers(1, 4, 2))
+    dilation, padding = tuple(int(d) for d in rng.integers(1, 4, 2)), tuple(int(p) for p in rng.integers(0, 4, 2))
+    h, w = (max(1, d * (k - 1) + 1 - 2 * p) + int(rng.integers(0, 9)) for d, k, p in zip(dilation, (kh, kw), padding))
+    return (int(rng.integers(1, 4)), c, h, w), (c * multiplier, 1, kh, kw), stride, padding, dilation
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("seed", range(20))
+def test_depthwise_convolution_matches_reference(nb, seed, dtype):
+    rng = np.random.default_rng(100 + seed)
+    x_shape, w_shape, stride, padding, dilation = depthwise_case(rng, unit_stride=seed % 2 == 0)
+    groups = x_shape[1]
+    assert numba_depthwise.depthwise_pays(x_shape, groups)
+    x, w = rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    expected, expected_grads = naive_conv(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), stride,
+                                          padding, dilation, groups)
+    options = (stride, padding, dilation, groups)
+    what = f"{x_shape} * {w_shape} stride {stride} pad {padding} dilation {dilation}"
+
+    out, residual = nb.conv2d_forward(x, w, b, *options)
+    assert residual is x or np.shares_memory(residual, x)  # the depthwise kernels keep the input, not columns
+    _assert_close(out, expected, dtype, f"output {what}")
+    g = rng.standard_normal(out.shape).astype(dtype)
+    grads = nb.conv2d_backward(residual, w, g, x_shape, *options, ALL_GRADS)
+    for name, got, want in zip(("gx", "gw", "gb"), grads, expected_grads(g.astype(np.float64))):
+        _assert_close(got, want, dtype, f"{name} {what}")
+
+
+def test_depthwise_only_the_gradients_asked_for(nb):
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((3, 1, 3, 3))
+    options = ((1, 1), (1, 1), (1, 1), 3)
+    out, residual = nb.conv2d_forward(x, w, None, *options)
+    g = rng.standard_normal(out.shape)
+    _, grads = naive_conv(x, w, None, *options)
+    gx, gw, gb = nb.conv2d_backward(residual, w, g, x.shape, *options, (True, False, False))
+    assert gw is None and gb is None
+    np.testing.assert_allclose(gx, grads(g)[0], rtol=1e-12, atol=1e-12)
+    gx, gw, gb = nb.conv2d_backward(residual, w, g, x.shape, *options, (False, True, False))
+    assert gx is None and gb is None
+    np.testing.assert_allclose(gw, grads(g)[1], rtol=1e-12, atol=1e-12)
+
+
+def test_depthwise_kernels_refuse_what_they_would_misread():
+    x, g = np.zeros((2, 3, 6, 6)), np.zeros((2, 3, 6, 6))
+    with pytest.raises(ValueError, match=r"needs weight \(multiplier \* C, 1, KH, KW\)"):
+        numba_depthwise.depthwise_forward(x, np.zeros((3, 2, 3, 3)), None, (1, 1), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match="needs weight"):
+        numba_depthwise.depthwise_forward(x, np.zeros((4, 1, 3, 3)), None, (1, 1), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match=r"bias has shape \(2,\), expected \(3,\)"):
+        numba_depthwise.depthwise_forward(x, np.zeros((3, 1, 3, 3)), np.zeros(2), (1, 1), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match="stride and dilation >= 1"):
+        numba_depthwise.depthwise_forward(x, np.zeros((3, 1, 3, 3)), None, (1, 1), (1, 1), (0, 1))
+    with pytest.raises(ValueError, match=r"gradient has shape \(2, 3, 6, 6\), expected \(2, 3, 4, 4\)"):
+        numba_depthwise.depthwise_input_grad(g, np.zeros((3, 1, 3, 3)), x.shape, (1, 1), (0, 0), (1, 1))
+    with pytest.raises(ValueError, match="gradient has shape"):
+        numba_depthwise.depthwise_param_grads(x, g[:, :, 1:], (3, 1, 3, 3), (1, 1), (1, 1), (1, 1))
+
+
+@pytest.mark.parametrize("stride, padding, dilation, groups, w_shape", [
+    (1, 1, 1, 4, (4, 1, 3, 3)),          # depthwise, long rows
+    (2, 1, 1, 4, (8, 1, 3, 3)),          # depthwise with multiplier 2, strided
+    (1, "same", 2, 4, (4, 1, 2, 3)),     # depthwise, dilated, even kernel: asymmetric "same"
+    (1, 2, 2, 1, (3, 4, 3, 3)),          # dilated, generic path
+    (2, 1, 1, 2, (6, 2, 3, 2)),          # grouped, generic path
+])
+def test_numba_convolution_gradients(stride, padding, dilation, groups, w_shape):
+    """Float64 central differences through the Numba kernels (depthwise and generic paths)."""
+    import xpnet
+    xpnet.use("numba")
+    rng = np.random.default_rng(21)
+    arrays = [rng.standard_normal((2, 4, 7, 6)), rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])]
+    err = max_relative_error(lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation,
+                                                      groups=groups), arrays)
+    assert err < 1e-6

@@ -177,6 +177,8 @@ class Tensor:
     def exp(self) -> Tensor: return Exp.apply(self)
     def log(self) -> Tensor: return Log.apply(self)
     def relu(self) -> Tensor: return ReLU.apply(self)
+    def sigmoid(self) -> Tensor: return Sigmoid.apply(self)
+    def tanh(self) -> Tensor: return Tanh.apply(self)
 
 
 def _raise_item(shape: tuple) -> float:
@@ -435,3 +437,33 @@ class ReLU(Function):
     def backward(ctx, g):
         (out,) = ctx.saved
         return get_backend().relu_backward(out, g)
+
+
+class Sigmoid(Function):
+    """1 / (1 + exp(-a)) as where(a >= 0, 1, e) / (1 + e) with e = exp(-|a|) <= 1: no overflow at any a."""
+
+    @staticmethod
+    def forward(ctx, a):
+        xp = get_backend().xp
+        e = xp.exp(-xp.abs(a))
+        out = xp.where(a >= 0, 1, e) / (1 + e)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved
+        return g * (1 - out) * out
+
+
+class Tanh(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = get_backend().xp.tanh(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved
+        return g * (1 - out * out)

@@ -43,16 +43,29 @@ class Backend:
     A backend subclass sets ``name`` and ``xp`` and overrides whatever kernels it can do faster. Kernel layouts
     (shared by every backend, so the layers do not care which one runs):
 
-    - ``im2col(x, kernel, stride, padding)``: x ``(N, C, H, W)`` -> cols ``(N, C, KH, KW, OH, OW)``, contiguous.
-    - ``col2im(cols, x_shape, stride, padding)``: the adjoint of im2col; overlapping windows are summed.
-    - ``max_pool_forward(x, kernel, stride)`` -> ``(out, argmax)`` with argmax the flat index in the window
-      (row-major over KH, KW; the first maximum wins, as in PyTorch); ``max_pool_backward(gout, argmax,
-      x_shape, kernel, stride)`` -> gx.
+    - ``im2col(x, kernel, stride, padding, dilation=(1, 1))``: x ``(N, C, H, W)`` -> cols ``(N, C, KH, KW, OH,
+      OW)``, contiguous; tap (i, j) of window (oy, ox) is padded pixel ``(oy * sy + i * dy, ox * sx + j * dx)``.
+    - ``col2im(cols, x_shape, stride, padding, dilation=(1, 1))``: the adjoint of im2col; overlapping windows
+      are summed.
+    - ``max_pool_forward(x, kernel, stride, padding=(0, 0), ceil_mode=False)`` -> ``(out, argmax)`` with argmax
+      the flat index in the window (row-major over KH, KW; the first maximum wins, as in PyTorch; padding and the
+      ceil-mode overhang never win); ``max_pool_backward(gout, argmax, x_shape, kernel, stride, padding=(0, 0),
+      ceil_mode=False)`` -> gx. Output sizes as ``xpnet.kernels.pool_out_size``.
+    - ``avg_pool_forward(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)`` -> out,
+      each window's sum over zero padding divided by ``xpnet.kernels.avg_pool_divisor``;
+      ``avg_pool_backward(gout, x_shape, kernel, stride, padding, ceil_mode, count_include_pad,
+      divisor_override)`` -> gx.
     - ``relu_forward(x)`` -> ``max(x, 0)`` (NaN stays NaN); ``relu_backward(out, g)`` -> ``g`` where out > 0, else 0.
-    - ``conv2d_forward(x, w, b, stride, padding)`` -> ``(out, residual)``: out ``(N, OC, OH, OW)``; residual is
-      whatever this backend's ``conv2d_backward(residual, w, g, x_shape, stride, padding, needs)`` needs to
-      return ``(gx, gw, gb)`` (None where ``needs`` is False). The generic pair is im2col + one batched matmul,
-      and its residual is the columns.
+    - ``conv2d_forward(x, w, b, stride, padding, dilation, groups)`` -> ``(out, residual)``: x ``(N, C, H, W)``,
+      w ``(OC, C / groups, KH, KW)``, b ``(OC,)`` or None, symmetric zero padding; out ``(N, OC, OH, OW)``;
+      residual is whatever this backend's ``conv2d_backward(residual, w, g, x_shape, stride, padding, dilation,
+      groups, needs)`` needs to return ``(gx, gw, gb)`` (None where ``needs`` is False). Arguments arrive
+      checked (``xpnet.functional.conv2d``). The generic pair is im2col + one matmul batched over samples and
+      groups, and its residual is the columns.
+    - ``batch_norm_forward(x, weight, bias, eps)`` -> ``(out, mean, var, residual)``: training-mode batch
+      normalisation of x ``(N, C, ...)`` over every axis but the channels; weight and bias ``(C,)`` or None; mean
+      and biased var ``(C,)`` in x's dtype; ``batch_norm_backward(residual, g, needs)`` -> ``(gx, gw, gb)``
+      (None where ``needs`` is False). Arguments arrive checked (``xpnet.functional.batch_norm``).
     """
 
     name: str = "abstract"
@@ -78,19 +91,33 @@ class Backend:
         return isinstance(a, self.xp.ndarray)
 
     # --- kernels (generic versions; backends override the hot ones) ----------------------------------------
-    def im2col(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> Any:
-        return kernels.im2col(self.xp, x, kernel, stride, padding, self.im2col_pass_bytes)
+    def im2col(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+               dilation: tuple[int, int] = (1, 1)) -> Any:
+        return kernels.im2col(self.xp, x, kernel, stride, padding, dilation, self.im2col_pass_bytes)
 
-    def col2im(self, cols: Any, x_shape: tuple[int, ...], stride: tuple[int, int],
-               padding: tuple[int, int]) -> Any:
-        return kernels.col2im(self.xp, cols, x_shape, stride, padding)
+    def col2im(self, cols: Any, x_shape: tuple[int, ...], stride: tuple[int, int], padding: tuple[int, int],
+               dilation: tuple[int, int] = (1, 1)) -> Any:
+        return kernels.col2im(self.xp, cols, x_shape, stride, padding, dilation)
 
-    def max_pool_forward(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[Any, Any]:
-        return kernels.max_pool_forward(self.xp, x, kernel, stride)
+    def max_pool_forward(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int],
+                         padding: tuple[int, int] = (0, 0), ceil_mode: bool = False) -> tuple[Any, Any]:
+        return kernels.max_pool_forward(self.xp, x, kernel, stride, padding, ceil_mode)
 
     def max_pool_backward(self, gout: Any, argmax: Any, x_shape: tuple[int, ...], kernel: tuple[int, int],
-                          stride: tuple[int, int]) -> Any:
-        return kernels.max_pool_backward(self.xp, gout, argmax, x_shape, kernel, stride)
+                          stride: tuple[int, int], padding: tuple[int, int] = (0, 0),
+                          ceil_mode: bool = False) -> Any:
+        return kernels.max_pool_backward(self.xp, gout, argmax, x_shape, kernel, stride, padding, ceil_mode)
+
+    def avg_pool_forward(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                         ceil_mode: bool, count_include_pad: bool, divisor_override: int | None) -> Any:
+        return kernels.avg_pool_forward(self.xp, x, kernel, stride, padding, ceil_mode, count_include_pad,
+                                        divisor_override)
+
+    def avg_pool_backward(self, gout: Any, x_shape: tuple[int, ...], kernel: tuple[int, int],
+                          stride: tuple[int, int], padding: tuple[int, int], ceil_mode: bool,
+                          count_include_pad: bool, divisor_override: int | None) -> Any:
+        return kernels.avg_pool_backward(self.xp, gout, x_shape, kernel, stride, padding, ceil_mode,
+                                         count_include_pad, divisor_override)
 
     def relu_forward(self, x: Any) -> Any:
         return self.xp.maximum(x, 0)
@@ -98,36 +125,78 @@ class Backend:
     def relu_backward(self, out: Any, g: Any) -> Any:
         return g * (out > 0)
 
-    def conv2d_forward(self, x: Any, w: Any, b: Any, stride: tuple[int, int],
-                       padding: tuple[int, int]) -> tuple[Any, Any]:
-        """im2col, then one batched matmul ``W (OC, C*KH*KW) @ cols (N, C*KH*KW, OH*OW)``: already NCHW."""
+    def conv2d_forward(self, x: Any, w: Any, b: Any, stride: tuple[int, int], padding: tuple[int, int],
+                       dilation: tuple[int, int], groups: int) -> tuple[Any, Any]:
+        """im2col, then one matmul batched over samples and groups, ``W (G, OC/G, K) @ cols (N, G, K, OH*OW)``
+        with K = C/G*KH*KW: already NCHW."""
         n, c, _, _ = x.shape
         oc, _, kh, kw = w.shape
-        cols = self.im2col(x, (kh, kw), stride, padding)              # (N, C, KH, KW, OH, OW)
+        cols = self.im2col(x, (kh, kw), stride, padding, dilation)    # (N, C, KH, KW, OH, OW)
         oh, ow = cols.shape[4:]
-        cols = cols.reshape(n, c * kh * kw, oh * ow)
-        out = w.reshape(oc, c * kh * kw) @ cols
+        cols = cols.reshape(n, groups, c // groups * kh * kw, oh * ow)
+        out = _grouped(w, groups) @ cols                              # (N, G, OC/G, OH*OW)
+        out = out.reshape(n, oc, oh, ow)
         if b is not None:
-            out += b.reshape(1, oc, 1)
-        return out.reshape(n, oc, oh, ow), cols
+            out += b.reshape(1, oc, 1, 1)
+        return out, cols
 
     def conv2d_backward(self, cols: Any, w: Any, g: Any, x_shape: tuple[int, ...], stride: tuple[int, int],
-                        padding: tuple[int, int], needs: tuple[bool, bool, bool]) -> tuple[Any, Any, Any]:
-        """Two matmuls and col2im; the input gradient (the costly part) only when ``needs[0]``."""
+                        padding: tuple[int, int], dilation: tuple[int, int], groups: int,
+                        needs: tuple[bool, bool, bool]) -> tuple[Any, Any, Any]:
+        """Two grouped matmuls and col2im; the input gradient (the costly part) only when ``needs[0]``."""
         need_x, need_w, need_b = needs
         n, oc, oh, ow = g.shape
-        _, c, kh, kw = w.shape
-        g = g.reshape(n, oc, oh * ow)
-        gw = (g @ cols.swapaxes(1, 2)).sum(axis=0).reshape(w.shape) if need_w else None
-        gb = g.sum(axis=(0, 2)) if need_b else None
+        g = g.reshape(n, groups, oc // groups, oh * ow)
+        gw = (g @ cols.swapaxes(2, 3)).sum(axis=0).reshape(w.shape) if need_w else None
+        gb = g.sum(axis=(0, 3)).reshape(oc) if need_b else None
         gx = None
         if need_x:
-            gcols = (w.reshape(oc, c * kh * kw).T @ g).reshape(n, c, kh, kw, oh, ow)
-            gx = self.col2im(gcols, x_shape, stride, padding)
+            _, _, kh, kw = w.shape
+            gcols = (_grouped(w, groups).swapaxes(1, 2) @ g).reshape(n, x_shape[1], kh, kw, oh, ow)
+            gx = self.col2im(gcols, x_shape, stride, padding, dilation)
         return gx, gw, gb
+
+    def batch_norm_forward(self, x: Any, weight: Any, bias: Any, eps: float) -> tuple[Any, Any, Any, Any]:
+        """Training-mode batch norm of x (N, C, ...) over every axis but 1: einsum reductions (no temporaries),
+        one centred copy of x (the residual, with 1/std and the weight) and the output."""
+        xp = self.xp
+        centred = x.reshape(x.shape[0], x.shape[1], -1)
+        count = centred.shape[0] * centred.shape[2]
+        mean = xp.einsum("ncm->c", centred) / count
+        centred = centred - mean[:, None]
+        var = xp.einsum("ncm,ncm->c", centred, centred) / count
+        invstd = 1 / xp.sqrt(var + eps)
+        out = centred * (invstd if weight is None else invstd * weight)[:, None]
+        if bias is not None:
+            out += bias[:, None]
+        return out.reshape(x.shape), mean, var, (centred, invstd, weight)
+
+    def batch_norm_backward(self, residual: Any, g: Any, needs: tuple[bool, bool, bool]) -> tuple[Any, Any, Any]:
+        """``gx = weight / std * (g - mean(g) - xhat * mean(g * xhat))``, ``gw = sum(g * xhat)``, ``gb = sum(g)``
+        with xhat = centred / std: two einsum sums, then gx in place in four passes."""
+        centred, invstd, weight = residual
+        need_x, need_w, need_b = needs
+        xp = self.xp
+        g3 = g.reshape(centred.shape)
+        count = centred.shape[0] * centred.shape[2]
+        gsum = xp.einsum("ncm->c", g3)
+        gdot = xp.einsum("ncm,ncm->c", g3, centred)
+        gx = None
+        if need_x:
+            gx = centred * (-invstd * invstd * gdot / count)[:, None]
+            gx += g3
+            gx -= (gsum / count)[:, None]
+            gx *= (invstd if weight is None else invstd * weight)[:, None]
+            gx = gx.reshape(g.shape)
+        return gx, gdot * invstd if need_w else None, gsum if need_b else None
 
     def __repr__(self) -> str:
         return f"<xpnet backend {self.name!r}>"
+
+
+def _grouped(w: Any, groups: int) -> Any:
+    """Convolution weights (OC, C/G, KH, KW) as the matmul operand (G, OC/G, C/G*KH*KW): a view, no copy."""
+    return w.reshape(groups, w.shape[0] // groups, -1)
 
 
 _active: Backend | None = None

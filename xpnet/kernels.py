@@ -2,7 +2,9 @@
 
 These are the defaults every backend inherits: im2col by an ``as_strided`` window view copied once (whole output
 planes at a time when the output is as wide as the input), col2im by KH*KW strided slice-adds (exact when windows
-overlap, unlike ``as_strided(...) += cols``), and max pooling through the same window view. See
+overlap, unlike ``as_strided(...) += cols``), and max and average pooling by one strided slice per kernel offset
+over the input padded to PyTorch's window geometry (``pool_geometry``). Convolution windows
+may be dilated: kernel offset (i, j) then reads the input ``(i * dy, j * dx)`` from the window's corner. See
 ``xpnet.backend.Backend`` for the layouts.
 """
 
@@ -10,62 +12,68 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 
-def out_size(size: int, k: int, s: int, p: int) -> int:
-    """Output length of a window of ``k`` sliding with stride ``s`` over ``size`` padded by ``p`` each side."""
-    n = (size + 2 * p - k) // s + 1
+
+def out_size(size: int, k: int, s: int, p: int, d: int = 1) -> int:
+    """Output length of a window of ``k`` taps ``d`` apart sliding with stride ``s`` over ``size`` padded by ``p``
+    each side."""
+    span = d * (k - 1) + 1
+    n = (size + 2 * p - span) // s + 1
     if n < 1:
-        raise ValueError(f"window {k} with stride {s} and padding {p} does not fit an input of size {size}")
+        dilated = f" and dilation {d}" if d != 1 else ""
+        raise ValueError(f"window {k}{dilated} with stride {s} and padding {p} does not fit an input of size {size}")
     return n
 
 
 def window_view(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[int, int],
-                padding: tuple[int, int]) -> Any:
+                padding: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> Any:
     """A read-only ``(N, C, KH, KW, OH, OW)`` view of the (padded) windows of ``x``; no copy beyond the pad."""
     n, c, h, w = x.shape
-    (kh, kw), (sy, sx), (ph, pw) = kernel, stride, padding
-    oh, ow = out_size(h, kh, sy, ph), out_size(w, kw, sx, pw)
+    (kh, kw), (sy, sx), (ph, pw), (dy, dx) = kernel, stride, padding, dilation
+    oh, ow = out_size(h, kh, sy, ph, dy), out_size(w, kw, sx, pw, dx)
     if ph or pw:
         x = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     x = xp.ascontiguousarray(x)
     s_n, s_c, s_h, s_w = x.strides
     return xp.lib.stride_tricks.as_strided(
-        x, shape=(n, c, kh, kw, oh, ow), strides=(s_n, s_c, s_h, s_w, s_h * sy, s_w * sx))
+        x, shape=(n, c, kh, kw, oh, ow), strides=(s_n, s_c, s_h * dy, s_w * dx, s_h * sy, s_w * sx))
 
 
 def im2col(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-           pass_bytes: int | None = None) -> Any:
+           dilation: tuple[int, int] = (1, 1), pass_bytes: int | None = None) -> Any:
     """Windows of ``x`` as a contiguous ``(N, C, KH, KW, OH, OW)`` array: one strided view, one copy.
 
     ``pass_bytes`` bounds the output one pass of the same-width path writes (see ``_im2col_same_width``); None
     writes it all in one pass.
     """
-    (_, kw), (_, sx), (_, pw) = kernel, stride, padding
-    if sx == 1 and kw == 2 * pw + 1:
-        return _im2col_same_width(xp, x, kernel, stride, padding, pass_bytes)
-    return xp.ascontiguousarray(window_view(xp, x, kernel, stride, padding))
+    (_, kw), (_, sx), (_, pw), (_, dx) = kernel, stride, padding, dilation
+    if sx == 1 and dx * (kw - 1) == 2 * pw:
+        return _im2col_same_width(xp, x, kernel, stride, padding, dilation, pass_bytes)
+    return xp.ascontiguousarray(window_view(xp, x, kernel, stride, padding, dilation))
 
 
 def _im2col_same_width(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[int, int],
-                       padding: tuple[int, int], pass_bytes: int | None) -> Any:
+                       padding: tuple[int, int], dilation: tuple[int, int], pass_bytes: int | None) -> Any:
     """im2col when the output is as wide as the input (stride 1, "same" width): copies of whole output planes.
 
     The image is padded only above and below (plus ``pw`` spare elements at each end), so that for a kernel
-    offset (i, j) the window pixels of a whole output plane are one contiguous run of memory. The generic copy
-    moves rows of OW elements; this one moves runs of OH*OW (2.4x faster for (64, 6, 28, 28), kernel 3). A run
-    wraps around at the row ends, where horizontal padding would have been, so those columns are zeroed after
-    the copy, a few samples at a time (``pass_bytes`` of output) so that the zeroing finds them still in cache.
+    offset (i, j) the window pixels of a whole output plane are one contiguous run of memory, starting at
+    ``i * dy * W + j * dx``. The generic copy moves rows of OW elements; this one moves runs of OH*OW (2.4x faster
+    for (64, 6, 28, 28), kernel 3). A run wraps around at the row ends, where horizontal padding would have been,
+    so those columns are zeroed after the copy, a few samples at a time (``pass_bytes`` of output) so that the
+    zeroing finds them still in cache.
     """
     n, c, h, w = x.shape
-    (kh, kw), (sy, _), (ph, pw) = kernel, stride, padding
-    oh = out_size(h, kh, sy, ph)
+    (kh, kw), (sy, _), (ph, pw), (dy, dx) = kernel, stride, padding, dilation
+    oh = out_size(h, kh, sy, ph, dy)
     plane = (h + 2 * ph) * w + 2 * pw
     rows = xp.zeros((n, c, plane), dtype=x.dtype)
     start = pw + ph * w
     rows[:, :, start:start + h * w] = x.reshape(n, c, h * w)  # a slice assignment always writes in place
     s_n, s_c, item = rows.strides[0], rows.strides[1], rows.itemsize
     windows = xp.lib.stride_tricks.as_strided(
-        rows, shape=(n, c, kh, kw, oh, w), strides=(s_n, s_c, w * item, item, sy * w * item, item))
+        rows, shape=(n, c, kh, kw, oh, w), strides=(s_n, s_c, dy * w * item, dx * item, sy * w * item, item))
     cols = xp.empty(windows.shape, dtype=x.dtype)
     per_sample = c * kh * kw * oh * w * item
     step = n if pass_bytes is None else max(1, pass_bytes // per_sample)
@@ -73,27 +81,102 @@ def _im2col_same_width(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[i
         block = cols[first:first + step]
         block[...] = windows[first:first + step]
         for j in range(kw):
-            if j < pw:
-                block[:, :, :, j, :, :pw - j] = 0
-            elif j > pw:
-                block[:, :, :, j, :, w + pw - j:] = 0
+            shift = j * dx - pw  # output column ox reads input column ox + shift
+            if shift < 0:
+                block[:, :, :, j, :, :-shift] = 0
+            elif shift > 0:
+                block[:, :, :, j, :, w - shift:] = 0
     return cols
 
 
-def col2im(xp: Any, cols: Any, x_shape: tuple[int, ...], stride: tuple[int, int], padding: tuple[int, int]) -> Any:
+def col2im(xp: Any, cols: Any, x_shape: tuple[int, ...], stride: tuple[int, int], padding: tuple[int, int],
+           dilation: tuple[int, int] = (1, 1)) -> Any:
     """Adjoint of im2col: sum each window's values back onto the pixels it covers.
 
-    One strided slice-add per kernel offset (KH*KW of them), each writing a non-overlapping set of pixels, so
-    overlapping windows accumulate correctly.
+    One strided slice-add per kernel offset (KH*KW of them, (i, j) ascending), each writing a non-overlapping
+    set of pixels, so overlapping windows accumulate correctly.
     """
     n, c, h, w = x_shape
     _, _, kh, kw, oh, ow = cols.shape
-    (sy, sx), (ph, pw) = stride, padding
-    img = xp.zeros((n, c, h + 2 * ph + sy - 1, w + 2 * pw + sx - 1), dtype=cols.dtype)
+    (sy, sx), (ph, pw), (dy, dx) = stride, padding, dilation
+    img = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            img[:, :, i:i + sy * oh:sy, j:j + sx * ow:sx] += cols[:, :, i, j]
+            top, left = i * dy, j * dx
+            img[:, :, top:top + sy * (oh - 1) + 1:sy, left:left + sx * (ow - 1) + 1:sx] += cols[:, :, i, j]
     return img[:, :, ph:ph + h, pw:pw + w]
+
+
+# --- pooling: geometry shared by every backend ------------------------------------------------------------------
+
+def pool_out_size(size: int, k: int, s: int, p: int, ceil_mode: bool = False) -> int:
+    """Output length of pooling windows of ``k`` at stride ``s`` over ``size`` padded by ``p``, as PyTorch counts
+    them: rounded down, or up in ``ceil_mode``, where a last window starting beyond the input and its leading
+    padding is dropped."""
+    n = (size + 2 * p - k + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (n - 1) * s >= size + p:
+        n -= 1
+    if n < 1:
+        raise ValueError(f"pooling window {k} with stride {s} and padding {p} does not fit an input of size {size}")
+    return n
+
+
+def pool_geometry(x_shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
+                  padding: tuple[int, int], ceil_mode: bool) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(OH, OW) and the (H, W) of the input padded so that every window lies inside it: ``padding`` before, and
+    after it whatever the last window reaches (in ceil mode that may be more than ``padding``)."""
+    out_hw, padded_hw = [], []
+    for size, k, s, p in zip(x_shape[2:], kernel, stride, padding):
+        o = pool_out_size(size, k, s, p, ceil_mode)
+        out_hw.append(o)
+        padded_hw.append(max(size + p, (o - 1) * s + k))
+    return (out_hw[0], out_hw[1]), (padded_hw[0], padded_hw[1])
+
+
+def pad_for_pool(xp: Any, x: Any, padding: tuple[int, int], padded_hw: tuple[int, int], fill: Any) -> Any:
+    """``x`` placed at ``padding`` inside an ``(N, C, *padded_hw)`` array of ``fill``; ``x`` itself if no pad is
+    needed."""
+    n, c, h, w = x.shape
+    if tuple(padded_hw) == (h, w):
+        return x
+    (ph, pw) = padding
+    out = xp.full((n, c, *padded_hw), fill, dtype=x.dtype)
+    out[:, :, ph:ph + h, pw:pw + w] = x
+    return out
+
+
+def crop_pool_grad(gx: Any, padding: tuple[int, int], x_shape: tuple[int, ...]) -> Any:
+    """The input's part of a gradient computed on the padded input (a view; ``gx`` itself if nothing was padded)."""
+    (ph, pw), (h, w) = padding, x_shape[2:]
+    if tuple(gx.shape[2:]) == (h, w):
+        return gx
+    return gx[:, :, ph:ph + h, pw:pw + w]
+
+
+def max_pool_fill(dtype: Any) -> Any:
+    """The padding value of max pooling: lower than or equal to every value of ``dtype``, so it never wins alone."""
+    dtype = np.dtype(dtype)
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+
+
+def first_valid_offset(xp: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                       out_hw: tuple[int, int]) -> Any:
+    """(OH, OW) flat in-window index of each window's first pixel that is not padding (row-major)."""
+    (_, kw), (sy, sx), (ph, pw), (oh, ow) = kernel, stride, padding, out_hw
+    top = xp.maximum(ph - sy * xp.arange(oh), 0)
+    left = xp.maximum(pw - sx * xp.arange(ow), 0)
+    return top[:, None] * kw + left[None, :]
+
+
+def argmax_off_padding(xp: Any, out: Any, argmax: Any, kernel: tuple[int, int], stride: tuple[int, int],
+                       padding: tuple[int, int]) -> Any:
+    """Move the argmax of windows whose maximum equals the padding value to their first real pixel, as PyTorch
+    reports it, so that padding never receives a gradient. Only such windows can have picked padding: a padded
+    pixel is the fill value, and the strict ``>`` keeps the first of equal values."""
+    if not any(padding):
+        return argmax  # without leading padding the first pixel of every window is real
+    first = first_valid_offset(xp, kernel, stride, padding, tuple(out.shape[2:]))
+    return xp.where(out == max_pool_fill(out.dtype), first, argmax)
 
 
 def _offset_slices(kernel: tuple[int, int], stride: tuple[int, int], out_hw: tuple[int, int]):
@@ -104,14 +187,18 @@ def _offset_slices(kernel: tuple[int, int], stride: tuple[int, int], out_hw: tup
             yield i * kw + j, slice(i, i + sy * oh, sy), slice(j, j + sx * ow, sx)
 
 
-def max_pool_forward(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[Any, Any]:
+# --- max pooling ------------------------------------------------------------------------------------------------
+
+def max_pool_forward(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[int, int],
+                     padding: tuple[int, int] = (0, 0), ceil_mode: bool = False) -> tuple[Any, Any]:
     """Max over each window and the flat in-window index of the first maximum (PyTorch's tie rule).
 
     One pass per kernel offset over output-sized strided slices: far cheaper than an argmax over a 5-D window
-    view, and a strict ``>`` keeps the first maximum.
+    view, and a strict ``>`` keeps the first maximum. Padding (and the ceil-mode overhang) is the lowest value
+    of the dtype and never wins a window (``argmax_off_padding``).
     """
-    n, c, h, w = x.shape
-    out_hw = out_size(h, kernel[0], stride[0], 0), out_size(w, kernel[1], stride[1], 0)
+    out_hw, padded_hw = pool_geometry(x.shape, kernel, stride, padding, ceil_mode)
+    x = pad_for_pool(xp, x, padding, padded_hw, max_pool_fill(x.dtype))
     out = argmax = None
     for index, rows, cols in _offset_slices(kernel, stride, out_hw):
         candidate = x[:, :, rows, cols]
@@ -123,13 +210,65 @@ def max_pool_forward(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[int
         wins = (candidate > out) | (xp.isnan(candidate) & ~xp.isnan(out))
         argmax = xp.where(wins, index, argmax)
         xp.maximum(out, candidate, out=out)
-    return out, argmax
+    return out, argmax_off_padding(xp, out, argmax, kernel, stride, padding)
 
 
 def max_pool_backward(xp: Any, gout: Any, argmax: Any, x_shape: tuple[int, ...], kernel: tuple[int, int],
-                      stride: tuple[int, int]) -> Any:
+                      stride: tuple[int, int], padding: tuple[int, int] = (0, 0), ceil_mode: bool = False) -> Any:
     """Route each output gradient to the input pixel that won its window (summed where windows overlap)."""
-    gx = xp.zeros(x_shape, dtype=gout.dtype)
-    for index, rows, cols in _offset_slices(kernel, stride, tuple(gout.shape[2:])):
+    out_hw, padded_hw = pool_geometry(x_shape, kernel, stride, padding, ceil_mode)
+    gx = xp.zeros((*x_shape[:2], *padded_hw), dtype=gout.dtype)
+    for index, rows, cols in _offset_slices(kernel, stride, out_hw):
         gx[:, :, rows, cols] += xp.where(argmax == index, gout, 0)
-    return gx
+    return crop_pool_grad(gx, padding, x_shape)
+
+
+# --- average pooling --------------------------------------------------------------------------------------------
+
+def avg_pool_divisor(xp: Any, x_shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
+                     padding: tuple[int, int], out_hw: tuple[int, int], count_include_pad: bool,
+                     divisor_override: int | None, dtype: Any) -> Any:
+    """What PyTorch divides each window's sum by: ``divisor_override``, else the window's pixels inside the
+    input, plus its padding when ``count_include_pad`` (never the ceil-mode overhang beyond the padding).
+    An (OH, OW) array, or a 0-d one for an override."""
+    if divisor_override is not None:
+        return xp.asarray(divisor_override, dtype=dtype)
+    counts = []
+    for size, k, s, p, o in zip(x_shape[2:], kernel, stride, padding, out_hw):
+        start = xp.arange(o) * s - p
+        end = xp.minimum(start + k, size + p)
+        if not count_include_pad:
+            start, end = xp.maximum(start, 0), xp.minimum(end, size)
+        counts.append(end - start)
+    return (counts[0][:, None] * counts[1][None, :]).astype(dtype)
+
+
+def avg_pool_forward(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[int, int],
+                     padding: tuple[int, int] = (0, 0), ceil_mode: bool = False, count_include_pad: bool = True,
+                     divisor_override: int | None = None) -> Any:
+    """Each window's sum (zero padding; offsets (i, j) ascending, as PyTorch's loop) divided by its divisor."""
+    out_hw, padded_hw = pool_geometry(x.shape, kernel, stride, padding, ceil_mode)
+    divisor = avg_pool_divisor(xp, x.shape, kernel, stride, padding, out_hw, count_include_pad, divisor_override,
+                               x.dtype)
+    x = pad_for_pool(xp, x, padding, padded_hw, 0)
+    total = None
+    for _, rows, cols in _offset_slices(kernel, stride, out_hw):
+        if total is None:
+            total = x[:, :, rows, cols].copy()
+        else:
+            total += x[:, :, rows, cols]
+    total /= divisor
+    return total
+
+
+def avg_pool_backward(xp: Any, gout: Any, x_shape: tuple[int, ...], kernel: tuple[int, int],
+                      stride: tuple[int, int], padding: tuple[int, int] = (0, 0), ceil_mode: bool = False,
+                      count_include_pad: bool = True, divisor_override: int | None = None) -> Any:
+    """Each output gradient divided by its window's divisor and added to every pixel of the window."""
+    out_hw, padded_hw = pool_geometry(x_shape, kernel, stride, padding, ceil_mode)
+    share = gout / avg_pool_divisor(xp, x_shape, kernel, stride, padding, out_hw, count_include_pad,
+                                    divisor_override, gout.dtype)
+    gx = xp.zeros((*x_shape[:2], *padded_hw), dtype=gout.dtype)
+    for _, rows, cols in _offset_slices(kernel, stride, out_hw):
+        gx[:, :, rows, cols] += share
+    return crop_pool_grad(gx, padding, x_shape)

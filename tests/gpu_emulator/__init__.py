@@ -1,8 +1,9 @@
 """Run CUDA kernels on the CPU: an unchanged .cu built with g++ and ``shim.h``, launched through ctypes.
 
 A launch takes the grid, block and argument tuple a CuPy launch takes and first checks the arguments against
-the kernel's parameter list with the CuPy backend's own ``check_args``, so a wrong scalar width fails here just
-as it would be misread on a GPU. Also holds the NumPy mirror of the col2im gather kernel.
+the kernel's parameter list with the CuPy backend's own check (``xpnet.backends.cuda_source.check_args``), so a
+wrong scalar width fails here just as it would be misread on a GPU. Also holds the NumPy mirror of the col2im
+gather kernel.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from xpnet.backends.cupy import Param, check_args, kernel_params
+from xpnet.backends.cuda_source import Param, check_args, kernel_params
 
 SHIM = Path(__file__).with_name("shim.h")
 GXX_FLAGS = ("-x", "c++", "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror")
@@ -68,15 +69,15 @@ class EmulatedModule:
 
 
 def gather_reference(cols: np.ndarray, x_shape: tuple[int, ...], stride: tuple[int, int],
-                     padding: tuple[int, int]) -> np.ndarray:
+                     padding: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> np.ndarray:
     """col2im in the kernel's order: each pixel sums the entries covering it from 0, ky outer and kx inner."""
     _, _, kh, kw, oh, ow = cols.shape
-    (sy, sx), (ph, pw) = stride, padding
+    (sy, sx), (ph, pw), (dy, dx) = stride, padding, dilation
     ys, xs = np.meshgrid(np.arange(x_shape[2]) + ph, np.arange(x_shape[3]) + pw, indexing="ij")
     img = np.zeros(x_shape, cols.dtype)
     for ky in range(kh):
         for kx in range(kw):
-            dy, dx = ys - ky, xs - kx
-            hit = (dy >= 0) & (dy % sy == 0) & (dy // sy < oh) & (dx >= 0) & (dx % sx == 0) & (dx // sx < ow)
-            img[:, :, hit] += cols[:, :, ky, kx, dy[hit] // sy, dx[hit] // sx]
+            ty, tx = ys - ky * dy, xs - kx * dx
+            hit = (ty >= 0) & (ty % sy == 0) & (ty // sy < oh) & (tx >= 0) & (tx % sx == 0) & (tx // sx < ow)
+            img[:, :, hit] += cols[:, :, ky, kx, ty[hit] // sy, tx[hit] // sx]
     return img
