@@ -4,7 +4,8 @@ For each named model, xpnet's model (``build_model`` after ``manual_seed``) and 
 same weights, same dtype) train side by side on the same seeded synthetic batches with the same optimizer.
 Dropout draws its keep-masks from xpnet's generator in both frameworks (the generator is rewound before the torch
 forward), so the units dropped are the same. Every step compares the loss, the logits, every parameter gradient
-and, after the update, every parameter; the largest differences are printed, and the exit status is 1 when one
+and, after the update, every entry of the state_dict: parameters and buffers (BatchNorm's running statistics and
+batch count, in the "params" column); the largest differences are printed, and the exit status is 1 when one
 exceeds the tolerance. In float32, where rounding noise can grow along a training run (Adam amplifies it in
 near-zero gradients), the tolerance widens by the drift of torch's run from a twin whose initial weights are one
 ulp larger: a difference xpnet cannot be asked to beat.
@@ -53,7 +54,8 @@ class StepDiff:
 
 @dataclass
 class Snapshot:
-    """One framework's view of one training step, as host arrays keyed by PyTorch's parameter names."""
+    """One framework's view of one training step, as host arrays keyed by PyTorch's names (params: the whole
+    state_dict, parameters and buffers)."""
 
     loss: float
     logits: np.ndarray
@@ -107,8 +109,17 @@ def error(ours: Any, reference: Any) -> float:
     return float(np.max(np.abs(a - b)) / max(1.0, np.max(np.abs(b))))
 
 
+def _same_keys(ours: dict[str, Any], reference: dict[str, Any], what: str) -> None:
+    """Refuse to compare two runs that do not hold the same gradients or state (a missing buffer would go unseen)."""
+    if ours.keys() != reference.keys():
+        raise ValueError(f"xpnet and torch hold different {what}: only xpnet {sorted(ours.keys() - reference.keys())}, "
+                         f"only torch {sorted(reference.keys() - ours.keys())}")
+
+
 def _errors(ours: Snapshot, reference: Snapshot) -> tuple[float, float, float, float]:
-    """The ``error`` in loss, logits, gradients and parameters (the worst parameter for the last two)."""
+    """The ``error`` in loss, logits, gradients and state (the worst entry for the last two)."""
+    _same_keys(ours.grads, reference.grads, "gradients")
+    _same_keys(ours.params, reference.params, "state_dict entries")
     return (error(ours.loss, reference.loss), error(ours.logits, reference.logits),
             max(error(g, reference.grads[k]) for k, g in ours.grads.items()),
             max(error(p, reference.params[k]) for k, p in ours.params.items()))
@@ -211,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"xpnet vs PyTorch {torch.__version__}: {args.dtype}, {args.steps} steps, batch {args.batch_size}, "
           f"seed {args.seed}, {args.threads} torch thread(s), tolerance {tol:g}"
           + (f" + {DRIFT_FACTOR:g} x drift" if args.dtype != "float64" else ""))
-    print("max over steps of max|xpnet - torch| / max(1, max|torch|); params compared after each update"
+    print("max over steps of max|xpnet - torch| / max(1, max|torch|); params (with buffers) compared after each "
+          "update"
           + ("; drift: torch vs torch from weights one ulp up" if args.dtype != "float64" else ""))
     columns = QUANTITIES + (("drift",) if args.dtype != "float64" else ())
     print(f"{'model':<8} {'optimizer':<9} " + " ".join(f"{q:>9}" for q in columns) + "  result")
