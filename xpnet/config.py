@@ -13,19 +13,35 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from xpnet.models import MODELS
+from xpnet.data import DATASETS
+from xpnet.models import MODELS, ModelError, resolve_factory
 from xpnet.optim import OPTIMIZERS
 
 LOSSES = ("cross_entropy", "softmax_cross_entropy", "CrossEntropyLoss")
+SCHEDULERS = ("none", "step", "cosine", "onecycle")
 
 
 @dataclass
 class TrainConfig:
     model: str = "report1"
+    dataset: str = "mnist"
     batch_size: list[int] = field(default_factory=lambda: [128])
     epochs: int = 10
     lr: float = 1e-3
     optimizer: str = "adam"
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    warmup_epochs: int = 0
+    step_size: int = 10
+    gamma: float = 0.1
+    clip_grad_norm: float | None = None
+    label_smoothing: float = 0.0
+    random_crop: int = 0
+    hflip: bool = False
+    normalize: bool = False
+    grayscale: bool = False
     seed: int = 0
     val_split: float = 0.1
     patience: int | None = 3
@@ -38,6 +54,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The Python types a TOML value may have for each field (a TOML integer is accepted where a float is expected).
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,), "dataset": (str,), "batch_size": (int, list), "epochs": (int,), "lr": (float, int),
+    "optimizer": (str,), "momentum": (float, int), "nesterov": (bool,), "weight_decay": (float, int),
+    "scheduler": (str,), "warmup_epochs": (int,), "step_size": (int,), "gamma": (float, int),
+    "clip_grad_norm": (float, int), "label_smoothing": (float, int), "random_crop": (int,), "hflip": (bool,),
+    "normalize": (bool,), "grayscale": (bool,), "seed": (int,), "val_split": (float, int), "patience": (int,),
+    "data": (str,), "out": (str,), "log_file": (str,), "image_type": (str,), "loss": (str,),
+}
 
 
 # Report 2's config keys -> (our field, conversion). train_val_split is the fraction kept for training.
@@ -74,8 +101,10 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     for key, value in raw.items():
         if key in REPORT2_KEYS:
             name, convert = REPORT2_KEYS[key]
+            _check_type(path, key, value, name)
             settings[name] = convert(value)
         elif key in OWN_KEYS:
+            _check_type(path, key, value)
             settings[key] = value
         else:
             valid = ", ".join(sorted(set(REPORT2_KEYS) | OWN_KEYS))
@@ -83,17 +112,59 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return settings
 
 
+def _check_type(path: str | os.PathLike, key: str, value: Any, field_name: str | None = None) -> None:
+    """Refuse a TOML value of the wrong type for ``field_name`` (default: ``key``), naming the file, the key and the
+    type expected."""
+    accepted = FIELD_TYPES[field_name or key]
+    if isinstance(value, bool) and bool not in accepted:  # bool is an int to Python, not to a config file
+        accepted = ()
+    if not isinstance(value, accepted) or (isinstance(value, list) and not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        expected = " or ".join("a list of integers" if t is list else f"a{'n' if t is int else ''} {t.__name__}"
+                               for t in FIELD_TYPES[field_name or key])
+        raise ConfigError(f"{path}: config key {key!r} must be {expected}, got {value!r}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m xpnet.train",
         description="Train a named CNN on MNIST (or an image-folder dataset) with the backend from XPNET_BACKEND.")
     p.add_argument("--config", help="TOML file of settings (report 2's keys accepted); flags override it")
-    p.add_argument("--model", choices=sorted(MODELS), help="architecture (default report1)")
+    p.add_argument("--model", help=f"architecture: one of {', '.join(MODELS)}, or package.module:function "
+                                   f"for your own factory (default report1)")
+    p.add_argument("--dataset", choices=DATASETS, help="which dataset to find when --data is not given, and how "
+                                                       "to read it (default mnist)")
     p.add_argument("--batch-size", type=int, nargs="+", dest="batch_size",
                    help="one size, or several to run a sweep (e.g. 32 64 128 256); default 128")
     p.add_argument("--epochs", type=int, help="maximum number of epochs (default 10)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help="default adam")
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0)")
+    p.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum for SGD")
+    p.add_argument("--weight-decay", type=float, dest="weight_decay",
+                   help="L2 penalty for sgd and adam, decoupled decay for adamw (default 0)")
+    p.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="learning-rate schedule, stepped every batch: step (x gamma every --step-size epochs), "
+                        "cosine (to 0 at the last epoch), onecycle (up to --lr and down, PyTorch's OneCycleLR); "
+                        "default none")
+    p.add_argument("--warmup-epochs", type=int, dest="warmup_epochs",
+                   help="linear warm-up from lr/100 over this many epochs before the schedule (default 0)")
+    p.add_argument("--step-size", type=int, dest="step_size", help="epochs between steps of --scheduler step "
+                                                                   "(default 10)")
+    p.add_argument("--gamma", type=float, help="factor of --scheduler step (default 0.1)")
+    p.add_argument("--clip-grad-norm", type=float, dest="clip_grad_norm",
+                   help="rescale the gradients so their global L2 norm is at most this (default: no clipping)")
+    p.add_argument("--label-smoothing", type=float, dest="label_smoothing",
+                   help="cross-entropy label smoothing in [0, 1) (default 0)")
+    p.add_argument("--random-crop", type=int, dest="random_crop", metavar="PAD",
+                   help="augment: pad each training image by PAD zero pixels and crop it back at a random offset "
+                        "(default 0: off)")
+    p.add_argument("--hflip", action="store_true", default=None, help="augment: flip training images left-right "
+                                                                       "with probability 0.5")
+    p.add_argument("--normalize", action="store_true", default=None,
+                   help="standardise each channel with the training set's mean and std (kept in the checkpoint)")
+    p.add_argument("--grayscale", action="store_true", default=None,
+                   help="convert colour class-folder images to one channel")
     p.add_argument("--seed", type=int, help="seed for weights, shuffling, dropout and the split (default 0)")
     p.add_argument("--val-split", type=float, dest="val_split",
                    help="fraction of the training set held out for validation (default 0.1; 0 disables)")
@@ -122,8 +193,29 @@ def load_config(argv: Sequence[str] | None = None) -> TrainConfig:
 
 
 def validate(config: TrainConfig) -> None:
-    if config.model not in MODELS:
-        raise ConfigError(f"--model: unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
+    try:
+        resolve_factory(config.model)
+    except ModelError as exc:
+        raise ConfigError(f"--model: {exc}") from None
+    if config.dataset not in DATASETS:
+        raise ConfigError(f"--dataset: unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
+    if config.scheduler not in SCHEDULERS:
+        raise ConfigError(f"--scheduler: unknown schedule {config.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if config.scheduler == "onecycle" and config.warmup_epochs:
+        raise ConfigError("--warmup-epochs: onecycle warms up by itself; give --warmup-epochs 0 with it")
+    for name, value in (("momentum", config.momentum), ("weight-decay", config.weight_decay),
+                        ("warmup-epochs", config.warmup_epochs), ("random-crop", config.random_crop)):
+        if not value >= 0:
+            raise ConfigError(f"--{name}: expected a non-negative number, got {value}")
+    if config.momentum and config.optimizer != "sgd" or config.nesterov and not config.momentum:
+        raise ConfigError("--momentum and --nesterov apply to --optimizer sgd, and --nesterov needs --momentum > 0")
+    if config.step_size < 1 or not config.gamma > 0:
+        raise ConfigError(f"--step-size and --gamma: expected a positive integer and a positive factor, got "
+                          f"{config.step_size} and {config.gamma}")
+    if config.clip_grad_norm is not None and not config.clip_grad_norm > 0:
+        raise ConfigError(f"--clip-grad-norm: expected a positive number, got {config.clip_grad_norm}")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ConfigError(f"--label-smoothing: expected a fraction in [0, 1), got {config.label_smoothing}")
     if config.optimizer not in OPTIMIZERS:
         raise ConfigError(f"--optimizer: unknown optimizer {config.optimizer!r}; choose one of "
                           f"{', '.join(OPTIMIZERS)}")
