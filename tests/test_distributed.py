@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xpnet import distributed
-from xpnet.backends.cupy import probe
+from xpnet import distributed, random
+from xpnet import functional as F
+from xpnet.backends.cuda_probe import probe
 from xpnet.checkpoint import load_checkpoint
 from xpnet.data import Dataset
 from xpnet.data.npz import save_npz
@@ -163,6 +164,48 @@ def test_shards_are_array_split_pieces(n, size):
         assert np.array_equal(np.arange(n)[lo:hi], piece)
 
 
+@pytest.fixture
+def no_shard():
+    """Leave the process-wide batch shard as the test found it (unset)."""
+    yield
+    random.clear_batch_shard()
+
+
+@pytest.mark.parametrize("lo, hi, shape", [(0, 8, (8, 5)), (8, 15, (7, 3, 2)), (15, 15, (0, 4))])
+def test_dropout_mask_under_a_shard_is_those_rows_of_the_global_mask(no_shard, lo, hi, shape):
+    random.manual_seed(11)
+    whole = F.dropout_mask((15, *shape[1:]), 0.3)
+    after_whole = random.get_state()
+    random.manual_seed(11)
+    random.set_batch_shard(lo, hi, 15)
+    assert random.batch_shard() == (lo, hi, 15)
+    part = F.dropout_mask(shape, 0.3)
+    assert part.shape == shape and np.array_equal(part, whole[lo:hi])
+    assert random.get_state() == after_whole  # the generator moved as far as the one-process draw moved it
+
+
+def test_dropout_mask_of_another_row_count_is_drawn_as_asked(no_shard):
+    random.manual_seed(11)
+    plain = F.dropout_mask((5, 3), 0.5)
+    random.manual_seed(11)
+    random.set_batch_shard(0, 8, 15)
+    assert np.array_equal(F.dropout_mask((5, 3), 0.5), plain)
+    random.clear_batch_shard()
+    assert random.batch_shard() is None
+
+
+@pytest.mark.parametrize("lo, hi, n", [(-1, 2, 4), (3, 2, 4), (0, 5, 4), (0.0, 2, 4)])
+def test_set_batch_shard_rejects_rows_outside_the_batch(no_shard, lo, hi, n):
+    with pytest.raises(ValueError, match="0 <= lo <= hi <= n"):
+        random.set_batch_shard(lo, hi, n)
+    assert random.batch_shard() is None
+
+
+def test_a_lone_process_sets_no_batch_shard(no_shard):
+    x, y = distributed.World().shard(np.zeros((6, 2)), np.arange(6))
+    assert len(x) == len(y) == 6 and random.batch_shard() is None
+
+
 def test_launcher_variables_give_the_world_size(monkeypatch):
     for var in LAUNCHER_VARS:
         monkeypatch.delenv(var, raising=False)
@@ -197,7 +240,8 @@ def test_nccl_reduces_and_broadcasts_device_buffers(gpus):
     code = """
 import numpy as np, xpnet
 from mpi4py import MPI
-from xpnet import distributed
+from xpnet import distributed, random
+from xpnet import functional as F
 from xpnet.models import build_model
 from xpnet.nn import CrossEntropyLoss
 xpnet.use("cupy")

@@ -37,35 +37,48 @@ class BackendUnavailable(RuntimeError):
     """The named backend is unknown here, or its library or device is missing."""
 
 
+# The backend contract, stated once: every method a backend may implement and what it must return. Layers use
+# nothing else of a backend but these, its `name` and its `xp`; sizes and layouts are the same on every backend, so
+# layers never care which one runs. docs/backends.md's contract table repeats it word for word with Backend's
+# signatures; tests/test_backend_contract.py keeps that table, Backend and the built-in backends' overrides in step.
+CONTRACT: dict[str, str] = {
+    "asarray": "`a` (NumPy array, scalar or list) as this backend's array on its device, of `dtype` when given",
+    "to_numpy": "a host copy of this backend's array `a`, as a NumPy array",
+    "synchronize": "wait for queued device work (a no-op on the CPU); benchmarks call it before every clock read",
+    "is_array": "whether `a` is an array of this backend's `xp`",
+    "im2col": "x `(N, C, H, W)` -> cols `(N, C, KH, KW, OH, OW)`, contiguous, zero padding; tap `(i, j)` of window "
+              "`(oy, ox)` is padded pixel `(oy * sy + i * dy, ox * sx + j * dx)`; sizes as `xpnet.kernels.out_size`",
+    "col2im": "the exact adjoint of im2col: an `x_shape` image whose every pixel sums the column entries covering it",
+    "max_pool_forward": "`(out, argmax)`: each window's maximum and its flat in-window index (int64, row-major over "
+                        "KH, KW); the first maximum wins, as in PyTorch, and padding or the ceil-mode overhang never "
+                        "wins; sizes as `xpnet.kernels.pool_out_size`",
+    "max_pool_backward": "gx of `x_shape`: each window's gradient added to its argmax pixel, summed where windows "
+                         "overlap",
+    "avg_pool_forward": "each window's sum over the zero-padded input divided by `xpnet.kernels.avg_pool_divisor`; "
+                        "sizes as `xpnet.kernels.pool_out_size`",
+    "avg_pool_backward": "gx of `x_shape`, the adjoint of avg_pool_forward: each window's gradient over its divisor, "
+                         "added to every pixel of the window",
+    "relu_forward": "`max(x, 0)`; NaN stays NaN",
+    "relu_backward": "`g` where `out > 0`, else 0",
+    "conv2d_forward": "`(out, residual)`: x `(N, C, H, W)`, w `(OC, C / groups, KH, KW)`, b `(OC,)` or None, "
+                      "symmetric zero padding, arguments checked by `xpnet.functional.conv2d`; out `(N, OC, OH, "
+                      "OW)`; residual is whatever this backend's conv2d_backward needs (generic: the im2col columns)",
+    "conv2d_backward": "`(gx, gw, gb)` from conv2d_forward's residual and the output gradient `g`, each None where "
+                       "`needs` says it is not wanted",
+    "batch_norm_forward": "`(out, mean, var, residual)`: training-mode batch norm of x `(N, C, ...)` over every axis "
+                          "but the channels, arguments checked by `xpnet.functional.batch_norm`; weight and bias "
+                          "`(C,)` or None; mean and biased var `(C,)` in x's dtype",
+    "batch_norm_backward": "`(gx, gw, gb)` from batch_norm_forward's residual and the output gradient `g`, each None "
+                           "where `needs` says it is not wanted",
+}
+
+
 class Backend:
-    """The contract every backend fulfils, with generic kernels written against ``self.xp``.
+    """The contract every backend fulfils (``CONTRACT``, one line per method), with generic versions of each
+    method written against ``self.xp``.
 
-    A backend subclass sets ``name`` and ``xp`` and overrides whatever kernels it can do faster. Kernel layouts
-    (shared by every backend, so the layers do not care which one runs):
-
-    - ``im2col(x, kernel, stride, padding, dilation=(1, 1))``: x ``(N, C, H, W)`` -> cols ``(N, C, KH, KW, OH,
-      OW)``, contiguous; tap (i, j) of window (oy, ox) is padded pixel ``(oy * sy + i * dy, ox * sx + j * dx)``.
-    - ``col2im(cols, x_shape, stride, padding, dilation=(1, 1))``: the adjoint of im2col; overlapping windows
-      are summed.
-    - ``max_pool_forward(x, kernel, stride, padding=(0, 0), ceil_mode=False)`` -> ``(out, argmax)`` with argmax
-      the flat index in the window (row-major over KH, KW; the first maximum wins, as in PyTorch; padding and the
-      ceil-mode overhang never win); ``max_pool_backward(gout, argmax, x_shape, kernel, stride, padding=(0, 0),
-      ceil_mode=False)`` -> gx. Output sizes as ``xpnet.kernels.pool_out_size``.
-    - ``avg_pool_forward(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)`` -> out,
-      each window's sum over zero padding divided by ``xpnet.kernels.avg_pool_divisor``;
-      ``avg_pool_backward(gout, x_shape, kernel, stride, padding, ceil_mode, count_include_pad,
-      divisor_override)`` -> gx.
-    - ``relu_forward(x)`` -> ``max(x, 0)`` (NaN stays NaN); ``relu_backward(out, g)`` -> ``g`` where out > 0, else 0.
-    - ``conv2d_forward(x, w, b, stride, padding, dilation, groups)`` -> ``(out, residual)``: x ``(N, C, H, W)``,
-      w ``(OC, C / groups, KH, KW)``, b ``(OC,)`` or None, symmetric zero padding; out ``(N, OC, OH, OW)``;
-      residual is whatever this backend's ``conv2d_backward(residual, w, g, x_shape, stride, padding, dilation,
-      groups, needs)`` needs to return ``(gx, gw, gb)`` (None where ``needs`` is False). Arguments arrive
-      checked (``xpnet.functional.conv2d``). The generic pair is im2col + one matmul batched over samples and
-      groups, and its residual is the columns.
-    - ``batch_norm_forward(x, weight, bias, eps)`` -> ``(out, mean, var, residual)``: training-mode batch
-      normalisation of x ``(N, C, ...)`` over every axis but the channels; weight and bias ``(C,)`` or None; mean
-      and biased var ``(C,)`` in x's dtype; ``batch_norm_backward(residual, g, needs)`` -> ``(gx, gw, gb)``
-      (None where ``needs`` is False). Arguments arrive checked (``xpnet.functional.batch_norm``).
+    A backend subclass sets ``name`` and ``xp`` and overrides, with the same signature, whatever it can do
+    faster. The generic conv2d pair is im2col + one matmul batched over samples and groups.
     """
 
     name: str = "abstract"
@@ -140,14 +153,15 @@ class Backend:
             out += b.reshape(1, oc, 1, 1)
         return out, cols
 
-    def conv2d_backward(self, cols: Any, w: Any, g: Any, x_shape: tuple[int, ...], stride: tuple[int, int],
+    def conv2d_backward(self, residual: Any, w: Any, g: Any, x_shape: tuple[int, ...], stride: tuple[int, int],
                         padding: tuple[int, int], dilation: tuple[int, int], groups: int,
                         needs: tuple[bool, bool, bool]) -> tuple[Any, Any, Any]:
-        """Two grouped matmuls and col2im; the input gradient (the costly part) only when ``needs[0]``."""
+        """Two grouped matmuls and col2im; the input gradient (the costly part) only when ``needs[0]``. The
+        residual is conv2d_forward's columns."""
         need_x, need_w, need_b = needs
         n, oc, oh, ow = g.shape
         g = g.reshape(n, groups, oc // groups, oh * ow)
-        gw = (g @ cols.swapaxes(2, 3)).sum(axis=0).reshape(w.shape) if need_w else None
+        gw = (g @ residual.swapaxes(2, 3)).sum(axis=0).reshape(w.shape) if need_w else None
         gb = g.sum(axis=(0, 3)).reshape(oc) if need_b else None
         gx = None
         if need_x:

@@ -3,7 +3,9 @@
 Every rank iterates the same global batches (same seed) and keeps its ``np.array_split`` share of each, so the
 batch size and learning rate mean what they mean in one process. The gradients of the shards' mean losses,
 weighted by shard size / batch size, are summed by one in-place Allreduce of a flat buffer: every rank applies
-the same update and the run reproduces the single-process one up to rounding. On the CuPy backend the buffers
+the same update and the run reproduces the single-process one up to rounding. Each shard is also set as the
+process's batch shard (``xpnet.random.set_batch_shard``), from which dropout draws the global batch's masks and
+keeps its rows, as one process would draw them. On the CuPy backend the buffers
 go through NCCL instead, on each rank's own GPU. mpi4py is imported only when a launcher started several ranks:
 ``import xpnet`` and single-process training never import it.
 """
@@ -18,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from xpnet import functional
+from xpnet import random
 from xpnet.backend import ENV_VAR, BackendUnavailable, get_backend
 from xpnet.data import DataLoader
 from xpnet.nn import Parameter
@@ -87,7 +89,13 @@ class MpiWorld(World):
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self._rows = (0, 0, 0)
         self._buffer: Any = None
-        _draw_global_dropout_masks(self)
+
+    def shard(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """This rank's rows of global batch ``(x, y)``, also set as the process's batch shard
+        (``xpnet.random.set_batch_shard``) so dropout draws the global batch's masks and keeps these rows."""
+        x, y = super().shard(x, y)
+        random.set_batch_shard(*self._rows)
+        return x, y
 
     def average_gradients(self, params: Sequence[Parameter]) -> None:
         """Sum ``grad * shard size / batch size`` over ranks: the gradient of the global batch's mean loss.
@@ -195,23 +203,6 @@ def _use_local_gpu(local_rank: int) -> None:
     import cupy
 
     cupy.cuda.Device(local_rank % cupy.cuda.runtime.getDeviceCount()).use()
-
-
-def _draw_global_dropout_masks(world: MpiWorld) -> None:
-    """Make dropout draw the whole global batch's mask and keep this rank's rows.
-
-    Every rank then draws what the single-process run draws, so masks match it and the ranks' generators stay
-    in step (rank 0's checkpointed state is everyone's). A rank with an empty shard draws nothing that step.
-    """
-    draw = functional.dropout_mask
-
-    def shard_of_global_mask(shape: tuple[int, ...], p: float) -> Any:
-        lo, hi, n = world._rows
-        if shape[0] != hi - lo:  # not a batch of the current shard
-            return draw(shape, p)
-        return draw((n, *shape[1:]), p)[lo:hi]
-
-    functional.dropout_mask = shard_of_global_mask
 
 
 _current: World = World()
