@@ -1,4 +1,5 @@
-"""Seconds per training epoch on every backend, for the three named models and report 1's batch sizes.
+"""Seconds per training epoch: the three MNIST nets on every backend at report 1's batch sizes, and the ResNet
+(``RESNET``) on Fashion-MNIST at batch ``RESNET_BATCH`` on the CPU backends, over a partial epoch scaled to a full one.
 
 Each round runs ``xpnet.train.train_epoch`` (Adam lr 1e-3, cross-entropy, the shuffling DataLoader of
 ``xpnet.train.make_loader``), exactly what ``python -m xpnet.train`` times per epoch. Kept out of the timed
@@ -21,7 +22,8 @@ import numpy as np
 import pytest
 
 import xpnet
-from harness import BATCH_SIZES, IMAGE_SHAPE, MODEL_NAMES, SEED, SMOKE, EpochPlan, backend_or_skip, blas_threads
+from harness import (BATCH_SIZES, IMAGE_SHAPE, MODEL_NAMES, RESNET, RESNET_BACKENDS, SEED, SMOKE, EpochPlan,
+                     TrainSet, backend_or_skip, blas_threads)
 from model_costs import model_cost
 from xpnet.backend import Backend, backend_names
 from xpnet.models import build_model
@@ -64,12 +66,21 @@ def thread_info(backend: Backend) -> dict[str, int]:
 @pytest.mark.parametrize("model_name", MODEL_NAMES)
 @pytest.mark.parametrize("batch_size", BATCH_SIZES)
 @pytest.mark.parametrize("backend_name", backend_names())
-def test_epoch(benchmark: Any, backend_name: str, batch_size: int, model_name: str, train_set: Any,
+def test_epoch(benchmark: Any, backend_name: str, batch_size: int, model_name: str, train_set: TrainSet,
                epoch_plan: Callable[[int], EpochPlan]) -> None:
-    backend = backend_or_skip(backend_name)
+    time_training(benchmark, backend_or_skip(backend_name), model_name, train_set, epoch_plan(batch_size))
+
+
+@pytest.mark.parametrize("backend_name", RESNET_BACKENDS)
+def test_epoch_resnet(benchmark: Any, backend_name: str, fashion_set: TrainSet, resnet_plan: EpochPlan) -> None:
+    time_training(benchmark, backend_or_skip(backend_name), RESNET, fashion_set, resnet_plan)
+
+
+def time_training(benchmark: Any, backend: Backend, model_name: str, train_set: TrainSet, plan: EpochPlan) -> None:
+    """Time ``plan``'s rounds of ``train_epoch`` for a fresh ``model_name`` on ``train_set``, and record them."""
+    batch_size = plan.batch_size
     xpnet.use(backend.name)
     warm_up_s = warm_up(backend)
-    plan = epoch_plan(batch_size)
     xpnet.manual_seed(SEED)
     model = build_model(model_name)
     optimizer = Adam(model.parameters(), lr=1e-3)
@@ -96,8 +107,8 @@ def test_epoch(benchmark: Any, backend_name: str, batch_size: int, model_name: s
     benchmark.extra_info.update(
         framework="xpnet", backend=backend.name, model=model_name, **plan.info(), warm_up_s=warm_up_s,
         first_step_s=first_step_s, preload_s=preload_s, train_loss=losses[-1], data=train_set.source,
-        flops_per_epoch=cost.flops(plan.epoch_images), bytes_per_epoch=cost.bytes(plan.epoch_images),
-        **thread_info(backend))
+        dataset=train_set.name, flops_per_epoch=cost.flops(plan.epoch_images),
+        bytes_per_epoch=cost.bytes(plan.epoch_images), **thread_info(backend))
 
 
 @pytest.mark.benchmark(group="warm-up")

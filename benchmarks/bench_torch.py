@@ -1,5 +1,6 @@
-"""The PyTorch peer: the same three models, batch sizes, data and epoch plan as ``bench_epoch``, in PyTorch eager
-mode on the CPU with as many threads as xpnet's BLAS uses.
+"""The PyTorch peer: the same models, batch sizes, data and epoch plans as ``bench_epoch`` (the three MNIST nets'
+grid, and the ResNet on Fashion-MNIST at ``RESNET_BATCH``), in PyTorch eager mode on the CPU with as many threads as
+xpnet's BLAS uses.
 
 PyTorch runs in a process of its own (``torch_peer.py``), started with the user's environment (without the
 thread-pool variables xpnet sets for itself, ``xpnet.threads``): in the benchmark process, after the xpnet suites,
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 
 import xpnet
-from harness import BATCH_SIZES, IMAGE_SHAPE, MODEL_NAMES, SEED, EpochPlan, blas_threads
+from harness import BATCH_SIZES, IMAGE_SHAPE, MODEL_NAMES, RESNET, SEED, EpochPlan, TrainSet, blas_threads
 from model_costs import model_cost
 from xpnet.models import build_model
 
@@ -70,12 +71,12 @@ class TorchPeer:
 
 
 @pytest.fixture
-def peer_data(train_set: Any, epoch_plan: Callable[[int], EpochPlan]) -> Iterator[Callable[[int], Path]]:
-    """batch size -> an .npz of the images its plan trains on, for the peer process to load."""
+def peer_data() -> Iterator[Callable[[TrainSet, EpochPlan], Path]]:
+    """(training set, plan) -> an .npz of the images the plan trains on, for the peer process to load."""
     with tempfile.TemporaryDirectory() as folder:
-        def write(batch_size: int) -> Path:
-            data = train_set.data.subset(np.arange(epoch_plan(batch_size).round_images))
-            path = Path(folder) / f"train-{batch_size}.npz"
+        def write(train_set: TrainSet, plan: EpochPlan) -> Path:
+            data = train_set.data.subset(np.arange(plan.round_images))
+            path = Path(folder) / "train.npz"
             np.savez(path, images=data.images, labels=data.labels)
             return path
         yield write
@@ -83,10 +84,21 @@ def peer_data(train_set: Any, epoch_plan: Callable[[int], EpochPlan]) -> Iterato
 
 @pytest.mark.parametrize("model_name", MODEL_NAMES)
 @pytest.mark.parametrize("batch_size", BATCH_SIZES)
-def test_epoch_torch(benchmark: Any, batch_size: int, model_name: str, train_set: Any,
-                     peer_data: Callable[[int], Path], epoch_plan: Callable[[int], EpochPlan]) -> None:
-    plan = epoch_plan(batch_size)
-    peer = TorchPeer(peer_data(batch_size), model_name, batch_size)
+def test_epoch_torch(benchmark: Any, batch_size: int, model_name: str, train_set: TrainSet,
+                     peer_data: Callable[[TrainSet, EpochPlan], Path],
+                     epoch_plan: Callable[[int], EpochPlan]) -> None:
+    time_peer(benchmark, model_name, train_set, epoch_plan(batch_size), peer_data)
+
+
+def test_epoch_torch_resnet(benchmark: Any, fashion_set: TrainSet, resnet_plan: EpochPlan,
+                            peer_data: Callable[[TrainSet, EpochPlan], Path]) -> None:
+    time_peer(benchmark, RESNET, fashion_set, resnet_plan, peer_data)
+
+
+def time_peer(benchmark: Any, model_name: str, train_set: TrainSet, plan: EpochPlan,
+              peer_data: Callable[[TrainSet, EpochPlan], Path]) -> None:
+    """Time ``plan``'s rounds of the PyTorch peer training ``model_name`` on ``train_set``, and record them."""
+    peer = TorchPeer(peer_data(train_set, plan), model_name, plan.batch_size)
     epochs, losses = itertools.count(1), []
     try:
         benchmark.pedantic(lambda: losses.append(peer.run()), setup=lambda: peer.prepare(next(epochs)),
@@ -97,5 +109,5 @@ def test_epoch_torch(benchmark: Any, batch_size: int, model_name: str, train_set
     cost = model_cost(build_model(model_name), IMAGE_SHAPE)
     benchmark.extra_info.update(
         framework="pytorch", backend="pytorch", model=model_name, **plan.info(), train_loss=losses[-1],
-        data=train_set.source, flops_per_epoch=cost.flops(plan.epoch_images),
+        data=train_set.source, dataset=train_set.name, flops_per_epoch=cost.flops(plan.epoch_images),
         bytes_per_epoch=cost.bytes(plan.epoch_images), blas_threads=blas_threads(), **peer.info)

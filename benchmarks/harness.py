@@ -15,12 +15,15 @@ from typing import Any, Callable
 import pytest
 
 from xpnet.backend import Backend, BackendUnavailable, get_backend
-from xpnet.models import MODELS
+from xpnet.data import Dataset
 
 SMOKE = os.environ.get("XPNET_BENCH_SMOKE", "") not in ("", "0")
 
 BATCH_SIZES = (8, 64) if SMOKE else (32, 64, 128, 256)  # smoke keeps 64, the batch report 1 targets
-MODEL_NAMES = tuple(MODELS)
+MODEL_NAMES = ("report1", "report2", "lenet5")  # the MNIST nets, timed at every backend and batch size
+RESNET = "resnet"  # timed apart: one batch size, the CPU backends, Fashion-MNIST (its whole grid: over an hour)
+RESNET_BATCH = 32 if SMOKE else 128
+RESNET_BACKENDS = ("numpy", "numba")
 IMAGE_SHAPE = (1, 28, 28)
 EPOCH_IMAGES = 60_000  # the MNIST training set: what "one epoch" means in every table
 SMOKE_IMAGES = 64      # the training set in smoke mode
@@ -57,6 +60,16 @@ def blas_threads() -> int:
         if value.isdigit() and int(value) > 0:
             return int(value)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class TrainSet:
+    """The images the training benchmarks run on, where they came from, and the data set's short name for the
+    report ("MNIST", "Fashion-MNIST", with " (synthetic)" when the real one was not found)."""
+
+    data: Dataset
+    source: str
+    name: str
 
 
 @dataclass(frozen=True)

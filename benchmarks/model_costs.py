@@ -3,32 +3,40 @@
 The report divides these by the machine's measured GEMM rate and copy bandwidth to get a floor for each epoch
 time, so every measured epoch can be read as a multiple of what the hardware allows.
 
-- **FLOPs.** A convolution does N*OC*OH*OW*C*KH*KW multiply-adds (MACs) in its forward pass, a dense layer
-  N*IN*OUT. One MAC is 2 FLOPs, and the backward pass costs about twice the forward (the gradients of the input
-  and of the weights are one GEMM each), so a training step costs ``6 * MACs`` FLOPs. Pooling, ReLU, dropout,
-  the loss and the Adam update are O(activations), not O(MACs), and are left out.
-- **Bytes.** Every layer (including ReLU, pooling, dropout and flatten) reads its input and writes its output in
-  the forward pass, and reads and writes about twice as much in the backward pass (output gradient and saved
-  tensors in, input gradient out): ``3 * sum(input + output elements) * itemsize``. Scratch buffers such as
-  im2col columns are not counted: they belong to one way of computing a convolution, not to the model.
+Any model is counted the same way: one forward pass of a zero image (eval mode, no gradient), with a forward hook
+on every leaf module recording its input and output shapes. So the count follows what ``forward`` really calls,
+in any order and with shortcuts, not just a Sequential's list of layers.
+
+- **FLOPs.** A convolution does OC*OH*OW * C/groups*KH*KW multiply-adds (MACs) per image in its forward pass (the
+  output shape, read from the trace, carries stride, padding and dilation), a dense layer OUT * IN per input row.
+  One MAC is 2 FLOPs, and the backward pass costs about twice the forward (the gradients of the input and of the
+  weights are one GEMM each), so a training step costs ``6 * MACs`` FLOPs. BatchNorm, pooling, activations,
+  dropout, the loss and the optimizer update are O(activations), not O(MACs), and are left out.
+- **Bytes.** Every leaf module (including BatchNorm, ReLU, pooling, dropout and flatten) reads its input and
+  writes its output in the forward pass, and reads and writes about twice as much in the backward pass (output
+  gradient and saved tensors in, input gradient out): ``3 * sum(input + output elements) * itemsize``. Scratch
+  buffers such as im2col columns are not counted: they belong to one way of computing a convolution, not to the
+  model. Work a module's ``forward`` does with functional calls rather than child modules (the ResNet's
+  ``F.relu`` and residual sum) is not seen by the hooks, so for such models the bytes are a lower bound.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Any
 
-from xpnet.functional import conv_padding
-from xpnet.kernels import out_size
-from xpnet.nn import Conv2D, Dense, Dropout, Flatten, MaxPool2D, Module, ReLU, Sequential
+from xpnet.autograd import Tensor, get_default_dtype, no_grad, tensor
+from xpnet.backend import get_backend
+from xpnet.nn import BatchNorm1d, BatchNorm2d, Conv2d, Linear, Module
 
 TRAINING_FLOPS_PER_MAC = 6  # 2 FLOPs per MAC, times 3 for forward + backward
 TRAINING_PASSES_OVER_ACTIVATIONS = 3  # forward once, backward about twice
+ELEMENTWISE_WITH_PARAMETERS = (BatchNorm1d, BatchNorm2d)  # leaves whose parameters do O(activations) work
 
 
 @dataclass(frozen=True)
 class Cost:
-    """Forward-pass multiply-adds and activation elements (inputs + outputs, summed over layers) per image."""
+    """Forward-pass multiply-adds and activation elements (inputs + outputs, summed over leaf modules) per image."""
 
     macs: int
     activations: int
@@ -42,34 +50,42 @@ class Cost:
         return TRAINING_PASSES_OVER_ACTIVATIONS * self.activations * itemsize * images
 
 
-def model_cost(model: Sequential, input_shape: tuple[int, int, int]) -> Cost:
-    """The per-image cost of ``model`` on (C, H, W) inputs; raises TypeError for a layer it cannot count."""
-    shape: tuple[int, ...] = input_shape
-    macs = activations = 0
-    for layer in model:
-        out_shape, layer_macs = _layer(layer, shape)
-        macs += layer_macs
-        activations += math.prod(shape) + math.prod(out_shape)
-        shape = out_shape
-    return Cost(macs, activations)
+def model_cost(model: Module, input_shape: tuple[int, int, int]) -> Cost:
+    """The per-image cost of ``model`` on (C, H, W) inputs, from one traced forward pass of a zero image; raises
+    TypeError for a leaf with parameters it cannot count the MACs of. The model's modes are restored after."""
+    costs: list[Cost] = []
+    leaves = [m for _, m in model.named_modules() if next(m.children(), None) is None]
+    handles = [leaf.register_forward_hook(lambda m, args, out: costs.append(leaf_cost(m, args, out)))
+               for leaf in leaves]
+    modes = [(m, m.training) for _, m in model.named_modules()]
+    try:
+        model.eval()
+        with no_grad():
+            model(_zero_image(model, input_shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes:
+            module.training = training
+    return Cost(sum(c.macs for c in costs), sum(c.activations for c in costs))
 
 
-def _layer(layer: Module, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
-    """(output shape, forward MACs) of one layer on one image of ``shape``."""
-    if isinstance(layer, Conv2D):
-        c, h, w = shape
-        (kh, kw), (sy, sx), (dy, dx) = layer.kernel_size, layer.stride, layer.dilation
-        (ph, pw), (eh, ew) = conv_padding(layer.padding, layer.kernel_size, layer.stride, layer.dilation)
-        oh, ow = out_size(h + eh, kh, sy, ph, dy), out_size(w + ew, kw, sx, pw, dx)
-        return (layer.out_channels, oh, ow), layer.out_channels * oh * ow * c // layer.groups * kh * kw
-    if isinstance(layer, Dense):
-        return (layer.out_features,), layer.in_features * layer.out_features
-    if isinstance(layer, MaxPool2D):
-        c, h, w = shape
-        k, s = layer.kernel_size, layer.stride or layer.kernel_size
-        return (c, out_size(h, k, s, 0), out_size(w, k, s, 0)), 0
-    if isinstance(layer, Flatten):
-        return (math.prod(shape),), 0
-    if isinstance(layer, (ReLU, Dropout)):
-        return shape, 0
-    raise TypeError(f"model_cost cannot count a {type(layer).__name__} layer")
+def _zero_image(model: Module, input_shape: tuple[int, int, int]) -> Tensor:
+    """A batch of one zero image in the model's parameter dtype, on the active backend."""
+    parameters = model.parameters()
+    dtype = parameters[0].dtype if parameters else get_default_dtype()
+    return tensor(get_backend().xp.zeros((1, *input_shape), dtype=dtype))
+
+
+def leaf_cost(module: Module, args: tuple[Any, ...], output: Tensor) -> Cost:
+    """The cost of one call of a leaf module on a batch of one image: its MACs and its input + output elements."""
+    elements = sum(a.size for a in args if isinstance(a, Tensor)) + output.size
+    if isinstance(module, Conv2d):
+        kh, kw = module.kernel_size
+        return Cost(output.size * module.in_channels // module.groups * kh * kw, elements)
+    if isinstance(module, Linear):
+        return Cost(output.size * module.in_features, elements)
+    if module.parameters() and not isinstance(module, ELEMENTWISE_WITH_PARAMETERS):
+        raise TypeError(f"model_cost cannot count the multiply-adds of a {type(module).__name__} layer")
+    return Cost(0, elements)
+

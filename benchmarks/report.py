@@ -62,7 +62,8 @@ def summary_section(results: list[Result], limits: Limits | None) -> list[str]:
         if not runs:
             continue
         best = min(runs, key=lambda r: r.epoch_s)
-        line = f"- **{model}**, batch {batch}: {num(best.epoch_s)} s per epoch on {best.info['backend']}"
+        data = f" ({grid.dataset(model)})" if model in grid.apart() else ""
+        line = f"- **{model}**{data}, batch {batch}: {num(best.epoch_s)} s per epoch on {best.info['backend']}"
         peer = grid.cells.get(("pytorch", model, batch))
         if peer is not None:
             line += f", {num(best.epoch_s / peer.epoch_s)}× PyTorch's {num(peer.epoch_s)} s"
@@ -74,14 +75,16 @@ def summary_section(results: list[Result], limits: Limits | None) -> list[str]:
 
 def reproduce_section() -> list[str]:
     return ["## Reproduce", "",
-            "From the repository root, on a quiet machine (about 12 minutes on 2 cores; the suites time whatever "
-            "else runs too):", "", "```", *COMMANDS, "```", "",
+            "From the repository root, on a quiet machine (about 12 minutes on 2 cores for the MNIST grid, plus "
+            "roughly 5 for the ResNet rows; the suites time whatever else runs too):", "", "```", *COMMANDS, "```", "",
             "Options: `--data PATH` (MNIST; default `$XPNET_DATA`, else `../shared/data/mnist` beside the "
-            "repository, else synthetic images of the same shape), `--full-epochs 128` (batch sizes timed over "
-            "whole epochs; default all four), `--epoch-images N` (images per timed round for the other batch "
-            "sizes; default 12000), `--epoch-rounds N` (timed rounds per training benchmark, whose median is "
-            "shown; default 3). `XPNET_BENCH_SMOKE=1` shrinks every suite to a seconds-long check "
-            "(`tests/test_benchmarks_smoke.py` runs it).", ""]
+            "repository, else synthetic images of the same shape), `--fashion-data PATH` (Fashion-MNIST for the "
+            "ResNet rows; default `../shared/data/fashion-mnist`, else synthetic), `--full-epochs 128` (batch "
+            "sizes timed over whole epochs; default all four; the ResNet, at batch 128 on NumPy, Numba and "
+            "PyTorch only, is always timed on part of an epoch), `--epoch-images N` (images per timed round for "
+            "the other batch sizes and the ResNet; default 12000), `--epoch-rounds N` (timed rounds per training "
+            "benchmark, whose median is shown; default 3). `XPNET_BENCH_SMOKE=1` shrinks every suite to a "
+            "seconds-long check (`tests/test_benchmarks_smoke.py` runs it).", ""]
 
 
 def method_section() -> list[str]:
@@ -95,12 +98,16 @@ def method_section() -> list[str]:
             "environment, without the thread-pool variables xpnet sets for itself: in the benchmark process it ran "
             "up to 1.4x slower. pytest-benchmark's clock stays here and times one command's round trip per round. "
             "Both run under the allocator setting of `xpnet/allocator.py` (the peer imports xpnet for the models).",
-            "- FLOPs per epoch = 6 × MACs × images: a convolution's forward pass does N·OC·OH·OW·C·KH·KW "
+            "- FLOPs and bytes are counted by tracing one forward pass of a zero image with forward hooks on every "
+            "leaf module (`benchmarks/model_costs.py`), so they follow what the model's `forward` calls.",
+            "- FLOPs per epoch = 6 × MACs × images: a convolution's forward pass does N·OC·OH·OW·(C/groups)·KH·KW "
             "multiply-adds, a dense layer's N·IN·OUT; a MAC is 2 FLOPs and the backward pass about twice the "
-            "forward. Pooling, activations, the loss and the optimizer are left out.",
-            "- Bytes per epoch = 3 × (input + output elements of every layer) × 4 bytes × images: each layer reads "
-            "its input and writes its output forward, and about twice that backward. Scratch such as im2col "
-            "columns is not counted: it belongs to one way of computing a convolution.",
+            "forward. BatchNorm, pooling, activations, the loss and the optimizer are left out.",
+            "- Bytes per epoch = 3 × (input + output elements of every leaf module) × 4 bytes × images: each layer "
+            "reads its input and writes its output forward, and about twice that backward. Scratch such as im2col "
+            "columns is not counted: it belongs to one way of computing a convolution. Functional calls inside a "
+            "module's `forward` (the ResNet's ReLUs and residual sums) are not modules and are not counted, so the "
+            "ResNet's bytes, and its memory floor, are a lower bound.",
             "- Peak memory: tracemalloc (NumPy reports its buffers to it; Numba's internal scratch is not seen), "
             "or the CuPy memory pool on a GPU.", ""]
 

@@ -24,8 +24,11 @@ def line_chart(panels: Mapping[str, Panel], path: Path, ylabel: str, title: str,
         for label, points in series.items():
             if points:
                 xs, ys = zip(*sorted(points))
-                ax.plot(xs, ys, marker="" if label in dashed else "o", linestyle="--" if label in dashed else "-",
-                        label=label)
+                if label in dashed:  # a dashed series of one point (a model timed at one batch size) is a tick
+                    style = {"marker": "_" if len(xs) == 1 else "", "markersize": 14, "linestyle": "--"}
+                else:
+                    style = {"marker": "o", "linestyle": "-"}
+                ax.plot(xs, ys, label=label, **style)
         batches = sorted({x for points in series.values() for x, _ in points})
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel=ylabel, title=panel_title)
         ax.set_xticks(batches, [str(b) for b in batches])
@@ -50,13 +53,13 @@ def write_charts(results: list[Result], folder: Path) -> None:
             line_chart(panels, folder / f"bench_{group}.png", "ms per call", f"{group}, kernel 3, padding 1, float32")
     grid, limits = epoch_grid(results), limits_of(results)
     if grid.rows:
-        panels = {}
+        panels, apart = {}, grid.apart()
         for model in grid.models():
             batches = grid.batches(model)
             series = {k: [(b, grid.cells[k, model, b].epoch_s) for b in batches if (k, model, b) in grid.cells]
                       for k in grid.backends}
             if limits is not None:
                 series["floor"] = [(b, limits.floor(grid.any_of(model))) for b in batches]
-            panels[model] = series
+            panels[f"{model} ({grid.dataset(model)})" if model in apart else model] = series
         line_chart(panels, folder / "bench_epoch.png", "seconds per epoch", "Seconds per training epoch",
                    dashed=("floor",))

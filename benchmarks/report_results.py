@@ -4,6 +4,7 @@ the derived numbers (speed-ups, floors) every table and chart shares."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -92,6 +93,17 @@ class EpochGrid:
     def any_of(self, model: str) -> Result:
         """A result of ``model`` (they share its FLOPs and bytes per epoch)."""
         return next(r for (_, m, _), r in self.cells.items() if m == model)
+
+    def dataset(self, model: str) -> str:
+        """The short name of the data set ``model`` trained on (runs before that was recorded: its source)."""
+        info = self.any_of(model).info
+        return info.get("dataset", info["data"])
+
+    def apart(self) -> list[str]:
+        """Models timed apart from the grid: on another data set or at other batch sizes than most models."""
+        footing = {m: (self.dataset(m), tuple(self.batches(m))) for m in self.models()}
+        common = Counter(footing.values()).most_common(1)[0][0] if footing else None
+        return [m for m, f in footing.items() if f != common]
 
 
 def epoch_grid(results: list[Result]) -> EpochGrid:

@@ -91,15 +91,22 @@ def epoch_table(grid: EpochGrid, backends: list[str], cell: Callable[[Result, st
                                 for k in backends)] for m, b in grid.rows], 2)
 
 
+def apart_note(grid: EpochGrid) -> str:
+    """A sentence naming the models timed apart from the grid, with their data set and batch sizes; or ""."""
+    apart = [f"{m} ({grid.dataset(m)}, batch {', '.join(map(str, grid.batches(m)))} only)" for m in grid.apart()]
+    return f" Rows apart from the grid: {'; '.join(apart)}." if apart else ""
+
+
 def training_sections(grid: EpochGrid, limits: Limits | None) -> list[str]:
     if not grid.rows:
         return []
     info = next(iter(grid.cells.values())).info
+    sources = "; ".join(dict.fromkeys(r.info["data"] for r in grid.cells.values()))
     lines = ["## Seconds per training epoch", "",
-             f"One epoch = {info['epoch_images']:,} images; data: {info['data']}. Adam lr 1e-3, cross-entropy, "
+             f"One epoch = {info['epoch_images']:,} images; data: {sources}. Adam lr 1e-3, cross-entropy, "
              "shuffled batches, float32; xpnet through `xpnet.train.train_epoch`, PyTorch eager on the CPU with the "
              "same models, initial weights and batch order. † = timed on part of an epoch and scaled (see "
-             "*Method*); the others are whole epochs.", ""]
+             f"*Method*); the others are whole epochs.{apart_note(grid)}", ""]
     lines += epoch_table(grid, grid.backends, lambda r, m, b: num(r.epoch_s) + ("" if r.info["full_epoch"] else " †"))
     lines += ["![seconds per epoch](bench_epoch.png)", ""]
     xpnet_backends = [k for k in grid.backends if k != "pytorch"]
@@ -108,8 +115,8 @@ def training_sections(grid: EpochGrid, limits: Limits | None) -> list[str]:
             peer = grid.cells.get(("pytorch", m, b))
             return f"{num(r.epoch_s / peer.epoch_s)}×" if peer else "—"
 
-        lines += ["## Ratio to PyTorch", "", "xpnet's seconds per epoch divided by PyTorch's (below 1: xpnet is "
-                  "faster).", ""] + epoch_table(grid, xpnet_backends, ratio)
+        lines += ["## Ratio to PyTorch", "", "xpnet's seconds per epoch divided by PyTorch's on the same images (below "
+                  f"1: xpnet is faster).{apart_note(grid)}", ""] + epoch_table(grid, xpnet_backends, ratio)
     return lines + (floor_sections(grid, limits) if limits is not None else [])
 
 

@@ -6,6 +6,11 @@ whose gradient is near zero a rounding-level difference becomes a whole +-lr ste
 element may differ by far more than 1e-4 while the tensor as a whole agrees to 1e-6. Float32 weights are
 therefore compared tensor by tensor in norm; float64 weights, where rounding is 1e-16, element by element.
 
+ResNet's BatchNorm divides by the batch's standard deviation, which amplifies rounding further: in float32 its
+Numba and NumPy runs' losses agree to 1e-7 over 10 steps and its weights within 1e-4 in norm, but after 20 steps
+a convolution's weights differ by 3e-4 in norm and by step 24 the losses by 1e-4.
+Its float32 comparison therefore stops after FLOAT32_STEPS["resnet"] steps; float64 runs all 50.
+
 The NumPy backend is compared with a second NumPy run, so with no other backend here this checks determinism.
 """
 
@@ -27,6 +32,8 @@ from xpnet.optim import Adam
 
 DTYPES = [np.float32, np.float64]
 STEPS, BATCH = 50, 8
+LR = 1e-3
+FLOAT32_STEPS = {"resnet": 10}  # steps over which float32 trajectories still agree to 1e-4 (see above)
 
 
 def _forward_backward(name: str, fn: Callable[..., xpnet.Tensor], arrays: list[np.ndarray],
@@ -67,15 +74,20 @@ def _batches(dtype: Any) -> list[tuple[np.ndarray, np.ndarray]]:
     return batches
 
 
+def steps(model_name: str, dtype: Any) -> int:
+    """How many training steps the comparison runs for this model and dtype."""
+    return FLOAT32_STEPS.get(model_name, STEPS) if np.dtype(dtype) == np.float32 else STEPS
+
+
 def _train(name: str, model_name: str, dtype: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """STEPS Adam steps of a freshly seeded model on backend ``name``: per-step losses and final weights."""
+    """``steps()`` Adam steps of a freshly seeded model on backend ``name``: per-step losses and final weights."""
     with on_backend(name, dtype):
         xpnet.manual_seed(0)
         model = MODELS[model_name]()
         assert model.training  # report1's dropout draws a mask every step
-        optimizer = Adam(model.parameters(), lr=1e-3)
+        optimizer = Adam(model.parameters(), lr=LR)
         losses = []
-        for images, labels in _batches(dtype):
+        for images, labels in _batches(dtype)[:steps(model_name, dtype)]:
             optimizer.zero_grad()
             loss = F.softmax_cross_entropy(model(xpnet.tensor(images)), labels)
             loss.backward()
@@ -94,7 +106,7 @@ def _reference(model_name: str, dtype: Any) -> tuple[np.ndarray, dict[str, np.nd
 def test_training_matches_numpy(backend_name, model_name, dtype):
     expected_losses, expected_weights = _reference(model_name, dtype)
     losses, weights = _train(backend_name, model_name, dtype)  # a fresh run, also when backend_name is numpy
-    assert losses.shape == (STEPS,) and np.isfinite(losses).all()
+    assert losses.shape == (steps(model_name, dtype),) and np.isfinite(losses).all()
     assert losses[-5:].mean() < losses[:5].mean()  # it trained: a wrong gradient would not fit the batches
     assert_close(losses, expected_losses, dtype, f"{model_name} losses on {backend_name}")
     assert list(weights) == list(expected_weights)

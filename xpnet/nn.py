@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from xpnet import nn_utils as utils  # noqa: F401  (torch.nn.utils's place: xpne
 from xpnet import random
 from xpnet.autograd import Tensor, get_default_dtype
 from xpnet.backend import get_backend
+from xpnet.hooks import RemovableHandle
 
 
 class Parameter(Tensor):
@@ -32,6 +33,7 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_non_persistent_buffers", set())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_forward_hooks", OrderedDict())
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -76,7 +78,23 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args: Any) -> Any:
-        return self.forward(*args)
+        """``forward(*args)``, then each forward hook in registration order; a hook's non-None result replaces the
+        output the later hooks and the caller see."""
+        output = self.forward(*args)
+        for hook in tuple(self._forward_hooks.values()):  # a snapshot: a hook may remove itself
+            result = hook(self, args, output)
+            if result is not None:
+                output = result
+        return output
+
+    def register_forward_hook(self, hook: Callable[[Module, tuple[Any, ...], Any], Any]) -> RemovableHandle:
+        """Call ``hook(module, args, output)`` after every forward pass, as PyTorch does; returns the handle whose
+        ``remove()`` takes it off."""
+        if not callable(hook):
+            raise TypeError(f"register_forward_hook: hook must be callable, got {type(hook).__name__}")
+        handle = RemovableHandle(self._forward_hooks)
+        self._forward_hooks[handle.id] = hook
+        return handle
 
     # --- traversal ------------------------------------------------------------------------------------------
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
