@@ -1,8 +1,43 @@
 """Shared fixtures: every test starts on the NumPy backend with float32 defaults and a fixed seed."""
 
+import sys
+import textwrap
+
 import xpnet  # noqa: I001  (before NumPy, as in user code: see xpnet/threads.py)
 import numpy as np
 import pytest
+
+USER_MODELS = textwrap.dedent('''
+    from xpnet import nn
+    from xpnet import functional as F
+
+    class TinyResNet(nn.Module):
+        def __init__(self, in_channels, num_classes):
+            super().__init__()
+            self.stem = nn.Conv2d(in_channels, 8, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(8)
+            self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(8)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(8, num_classes)
+
+        def forward(self, x):
+            x = F.relu(self.bn1(self.stem(x)))
+            x = F.relu(x + self.bn2(self.conv(x)))
+            return self.fc(F.flatten(self.pool(x)))
+
+    def build(input_shape, num_classes):
+        return TinyResNet(input_shape[0], num_classes)
+
+    def no_arguments():
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+    def wrong_input(input_shape, num_classes):
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, num_classes))
+
+    def not_a_model(input_shape, num_classes):
+        return "a string"
+''')
 
 
 @pytest.fixture(autouse=True)
@@ -14,3 +49,13 @@ def _fresh_state():
     yield
     xpnet.use("numpy")
     xpnet.set_default_dtype(np.float32)
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """The name of a user's module on sys.path ("my_models") holding a residual model with BatchNorm, as the README
+    shows, and factories that go wrong in each way a user's can."""
+    (tmp_path / "my_models.py").write_text(USER_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "my_models"
+    sys.modules.pop("my_models", None)

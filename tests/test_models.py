@@ -1,9 +1,6 @@
 """The named models for any input shape, the ResNet family, user factories by "package.module:function", and the
 refusal of a model that does not fit the data."""
 
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 
@@ -51,42 +48,6 @@ def test_a_model_that_does_not_fit_the_data_is_refused_naming_both_shapes():
     with pytest.raises(ModelError, match="has 12 classes"):
         check_fits_data(model, "report1", (1, 28, 28), 12)
     assert model.training  # the check leaves the mode as it found it
-
-
-@pytest.fixture
-def user_module(tmp_path, monkeypatch):
-    """A user's module on sys.path with a residual model, as the README shows."""
-    (tmp_path / "my_models.py").write_text(textwrap.dedent('''
-        from xpnet import nn
-        from xpnet import functional as F
-
-        class TinyResNet(nn.Module):
-            def __init__(self, in_channels, num_classes):
-                super().__init__()
-                self.stem = nn.Conv2d(in_channels, 8, 3, padding=1, bias=False)
-                self.bn1 = nn.BatchNorm2d(8)
-                self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-                self.bn2 = nn.BatchNorm2d(8)
-                self.pool = nn.AdaptiveAvgPool2d(1)
-                self.fc = nn.Linear(8, num_classes)
-
-            def forward(self, x):
-                x = F.relu(self.bn1(self.stem(x)))
-                x = F.relu(x + self.bn2(self.conv(x)))
-                return self.fc(F.flatten(self.pool(x)))
-
-        def build(input_shape, num_classes):
-            return TinyResNet(input_shape[0], num_classes)
-
-        def no_arguments():
-            return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-
-        def not_a_model(input_shape, num_classes):
-            return "a string"
-    '''))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield "my_models"
-    sys.modules.pop("my_models", None)
 
 
 def test_user_factory_by_package_module_function(user_module):

@@ -2,8 +2,6 @@
 gradient clipping, label smoothing and augmentation; resume stays bit-identical; user models from the CLI."""
 
 import json
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -86,45 +84,16 @@ def test_batchnorm_statistics_are_saved_and_used_by_evaluate(digits, tmp_path, c
     assert f"test accuracy {accuracy:.2f}%" in capsys.readouterr().out
 
 
-def test_user_model_trains_from_the_cli(digits, tmp_path, monkeypatch, capsys):
-    (tmp_path / "my_net.py").write_text(textwrap.dedent('''
-        from xpnet import nn
-        from xpnet import functional as F
-
-        class Residual(nn.Module):
-            def __init__(self, in_channels, num_classes):
-                super().__init__()
-                self.stem = nn.Conv2d(in_channels, 8, 3, padding=1, bias=False)
-                self.bn1 = nn.BatchNorm2d(8)
-                self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-                self.bn2 = nn.BatchNorm2d(8)
-                self.pool = nn.AdaptiveAvgPool2d(1)
-                self.fc = nn.Linear(8, num_classes)
-
-            def forward(self, x):
-                x = F.relu(self.bn1(self.stem(x)))
-                x = F.relu(x + self.bn2(self.conv(x)))
-                return self.fc(F.flatten(self.pool(x)))
-
-        def build(input_shape, num_classes):
-            return Residual(input_shape[0], num_classes)
-
-        def wrong_input(input_shape, num_classes):
-            return nn.Sequential(nn.Flatten(), nn.Linear(784, num_classes))
-    '''))
-    monkeypatch.syspath_prepend(str(tmp_path))
+def test_user_model_trains_from_the_cli(digits, tmp_path, user_module, capsys):
     out = tmp_path / "user"
-    try:
-        assert train_cli.main(["--data", str(digits), "--model", "my_net:build", "--epochs", "1", "--out", str(out),
-                               "--val-split", "0", "--patience", "0"]) == 0
-        assert "my_net:build" in capsys.readouterr().out
-        assert "bn2.running_mean" in weights(out / "best.npz")
-        assert train_cli.main(["--data", str(digits), "--model", "my_net:wrong_input", "--epochs", "1",
-                               "--out", str(tmp_path / "wrong")]) == 1
-        err = capsys.readouterr().err
-        assert "does not fit the training set: its images are 1x12x12" in err and "784" in err
-    finally:
-        sys.modules.pop("my_net", None)
+    assert train_cli.main(["--data", str(digits), "--model", f"{user_module}:build", "--epochs", "1", "--out",
+                           str(out), "--val-split", "0", "--patience", "0"]) == 0
+    assert f"{user_module}:build" in capsys.readouterr().out
+    assert "bn2.running_mean" in weights(out / "best.npz")
+    assert train_cli.main(["--data", str(digits), "--model", f"{user_module}:wrong_input", "--epochs", "1",
+                           "--out", str(tmp_path / "wrong")]) == 1
+    err = capsys.readouterr().err
+    assert "does not fit the training set: its images are 1x12x12" in err and "784" in err
 
 
 @pytest.mark.parametrize("argv, message", [
