@@ -81,11 +81,13 @@ def test_report_renders_every_table(smoke_run: tuple[subprocess.CompletedProcess
         assert (tmp_path / chart).stat().st_size > 0
     epochs = epoch_results(out)
     assert {"numpy", *(["pytorch"] if HAS_TORCH else [])} <= {b["extra_info"]["backend"] for b in epochs}
-    resnet_batch = next(b["extra_info"]["batch_size"] for b in epochs if b["extra_info"]["model"] == "resnet")
-    assert f"| resnet | {resnet_batch} | " in text, "no row for the resnet"
-    note = f"Rows apart from the grid: resnet (Fashion-MNIST, batch {resnet_batch} only)."
+    resnet = next(b["extra_info"] for b in epochs if b["extra_info"]["model"] == "resnet")
+    # "Fashion-MNIST", or "Fashion-MNIST (synthetic)" where ../shared is absent (a fresh clone)
+    assert resnet["dataset"].startswith("Fashion-MNIST")
+    assert f"| resnet | {resnet['batch_size']} | " in text, "no row for the resnet"
+    note = f"Rows apart from the grid: resnet ({resnet['dataset']}, batch {resnet['batch_size']} only)."
     assert text.count(note) == (2 if HAS_TORCH else 1), "the resnet rows' data set and batch are not noted"
-    assert "- **resnet** (Fashion-MNIST), batch" in text
+    assert f"- **resnet** ({resnet['dataset']}), batch" in text
 
 
 @requires_benchmark
