@@ -305,6 +305,17 @@ def _check_window(stride: tuple[int, int], padding: tuple[int, int], dilation: t
                          f"padding {tuple(padding)} and dilation {tuple(dilation)}")
 
 
+def _conv_path(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, int],
+               padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> str:
+    """Which kernels run this convolution, forward and backward alike: "direct", "depthwise", "gemm" (one group)
+    or "generic" (im2col + a matmul batched over samples and groups)."""
+    if numba_conv.direct_pays(x_shape, w_shape, stride, padding, dilation, groups):
+        return "direct"
+    if numba_depthwise.depthwise_pays(x_shape, groups):
+        return "depthwise"
+    return "gemm" if groups == 1 else "generic"
+
+
 def _check_shape(what: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
     """Refuse mismatched shapes here: the compiled loops do not bounds-check, so they would corrupt memory."""
     if tuple(shape) != tuple(expected):
@@ -520,24 +531,30 @@ class NumbaBackend(Backend):
 
     def conv2d_forward(self, x: Any, w: Any, b: Any, stride: tuple[int, int], padding: tuple[int, int],
                        dilation: tuple[int, int], groups: int) -> tuple[Any, Any]:
-        """Direct convolution where it pays (``numba_conv.direct_pays``), the depthwise kernels for groups == C
-        (``numba_depthwise``), both with the input as residual; else the generic im2col + matmul (its residual is
-        the columns)."""
-        if numba_conv.direct_pays(x.shape, w.shape, stride, padding, dilation, groups):
+        """Direct convolution where it pays (``numba_conv.direct_pays``) and the depthwise kernels for groups == C
+        (``numba_depthwise``), both with the input as residual; else, for one group, one GEMM over the whole
+        batch (``numba_conv.gemm_forward``), and the generic im2col + batched matmul for other groupings; the
+        residual of both is the columns."""
+        path = _conv_path(x.shape, w.shape, stride, padding, dilation, groups)
+        if path == "direct":
             x = numpy.ascontiguousarray(x)
             return numba_conv.conv_forward(x, numpy.ascontiguousarray(w), b, padding), x
-        if numba_depthwise.depthwise_pays(x.shape, groups):
+        if path == "depthwise":
             x = numpy.ascontiguousarray(x)
             return numba_depthwise.depthwise_forward(x, w, b, stride, padding, dilation), x
+        if path == "gemm":
+            return numba_conv.gemm_forward(x, w, b, stride, padding, dilation)
         return super().conv2d_forward(x, w, b, stride, padding, dilation, groups)
 
     def conv2d_backward(self, residual: Any, w: Any, g: Any, x_shape: tuple[int, ...], stride: tuple[int, int],
                         padding: tuple[int, int], dilation: tuple[int, int], groups: int,
                         needs: tuple[bool, bool, bool]) -> tuple[Any, Any, Any]:
-        if numba_depthwise.depthwise_pays(x_shape, groups) and not numba_conv.direct_pays(
-                x_shape, w.shape, stride, padding, dilation, groups):
+        path = _conv_path(x_shape, w.shape, stride, padding, dilation, groups)
+        if path == "depthwise":
             return self._depthwise_backward(residual, w, g, x_shape, stride, padding, dilation, needs)
-        if not numba_conv.direct_pays(x_shape, w.shape, stride, padding, dilation, groups):
+        if path == "gemm":
+            return numba_conv.gemm_backward(residual, w, g, x_shape, stride, padding, dilation, needs)
+        if path == "generic":
             return super().conv2d_backward(residual, w, g, x_shape, stride, padding, dilation, groups, needs)
         need_x, need_w, need_b = needs
         g = numpy.ascontiguousarray(g)
@@ -607,6 +624,8 @@ class NumbaBackend(Backend):
             w = numpy.zeros((1, 1, 3, 3), dtype=dtype)
             out, residual = backend.conv2d_forward(x, w, w[:, 0, 0, 0], (1, 1), (1, 1), (1, 1), 1)
             backend.conv2d_backward(residual, w, out, x.shape, (1, 1), (1, 1), (1, 1), 1, (True, True, True))
+            out, residual = backend.conv2d_forward(x, w, w[:, 0, 0, 0], (2, 2), (1, 1), (1, 1), 1)  # one GEMM
+            backend.conv2d_backward(residual, w, out, x.shape, (2, 2), (1, 1), (1, 1), 1, (True, True, True))
             x2, w2 = numpy.zeros((1, 2, 4, 4), dtype=dtype), numpy.zeros((2, 1, 3, 3), dtype=dtype)  # depthwise
             out, residual = backend.conv2d_forward(x2, w2, None, (1, 1), (1, 1), (1, 1), 2)
             backend.conv2d_backward(residual, w2, out, x2.shape, (1, 1), (1, 1), (1, 1), 2, (True, True, True))

@@ -1,4 +1,4 @@
-"""Direct convolution (stride 1) for the Numba backend: no column matrix, for layers with few channels.
+"""The Numba backend's convolutions with one group: direct (stride 1, few channels or long rows), else one GEMM.
 
 For such layers im2col + GEMM spends its time writing and re-reading a column matrix C*KH*KW times the size of
 the input, and BLAS runs skinny GEMMs (OC = 3..16 rows) far below its peak. Here each sample's input is copied
@@ -15,6 +15,12 @@ each pass loads 4 input values, 2 accumulators and stores 2 for 8 multiply-adds;
   sample (summed afterwards in a fixed order, so results do not depend on the thread count).
 
 Every sample is one ``prange`` iteration writing only its own output, so there are no races.
+
+The layers the direct kernels do not take (strided, dilated, padded as wide as the kernel, or wide channels on a
+small plane) run as ONE GEMM over the whole batch (``gemm_forward`` / ``gemm_backward``): ``im2col_rows`` lays the
+windows out as a (C*KH*KW, N*OH*OW) matrix, so the forward, the weight gradient and the input gradient's columns
+are each a single large GEMM, and ``col2im_rows`` sums the latter back; with 32 or more output channels these
+GEMMs are not skinny, unlike the per-sample ones of the generic path (docs/performance.md, section 8).
 """
 
 from __future__ import annotations
@@ -25,18 +31,28 @@ from typing import Any
 import numpy
 from numba import njit, prange, uint64
 
+from xpnet.kernels import out_size
+
 TAPS_PER_PASS, CHANNELS_PER_PASS = 4, 2
-MAX_MACS_PER_PIXEL = 4096  # C*KH*KW*OC up to which direct convolution beat im2col + GEMM (docs/performance.md)
+# Direct convolution beats im2col + one GEMM (``gemm_forward``) up to MAX_MACS_PER_PIXEL multiply-adds per output
+# pixel (C*KH*KW*OC) at any size, and up to WIDE_MACS_PER_PIXEL on output planes of at least WIDE_MIN_PIXELS, where
+# its long rows are long and the GEMM's column matrix is large; on smaller planes the GEMM wins (docs/performance.md,
+# section 8).
+MAX_MACS_PER_PIXEL = 4096
+WIDE_MACS_PER_PIXEL, WIDE_MIN_PIXELS = 36864, 144
 
 
 def direct_pays(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, int],
                 padding: tuple[int, int], dilation: tuple[int, int] = (1, 1), groups: int = 1) -> bool:
     """Whether the direct kernels handle this convolution: stride 1, no dilation, one group, padding below the
     kernel size (so the input gradient is a forward convolution with non-negative padding), and few
-    multiply-adds per output pixel."""
+    multiply-adds per output pixel for the size of the output plane."""
     oc, c, kh, kw = w_shape
-    return (tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
-            and padding[0] < kh and padding[1] < kw and c * kh * kw * oc <= MAX_MACS_PER_PIXEL)
+    if not (tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
+            and padding[0] < kh and padding[1] < kw):
+        return False
+    macs, pixels = c * kh * kw * oc, (x_shape[2] + 2 * padding[0] - kh + 1) * (x_shape[3] + 2 * padding[1] - kw + 1)
+    return macs <= MAX_MACS_PER_PIXEL or (macs <= WIDE_MACS_PER_PIXEL and pixels >= WIDE_MIN_PIXELS)
 
 
 @functools.lru_cache(maxsize=64)
@@ -195,3 +211,163 @@ def conv_param_grads(x: numpy.ndarray, g: numpy.ndarray, w_shape: tuple[int, ...
     _conv_weight_grad(numpy.ascontiguousarray(x), numpy.ascontiguousarray(g), taps, ntaps, gw_part, gb_part, ph, pw,
                       kw)
     return gw_part.sum(axis=0).reshape(w_shape), gb_part.sum(axis=0)
+
+
+# --- one large GEMM per layer, for the convolutions the direct kernels do not take -------------------------------
+
+@njit(parallel=True, cache=True)
+def _im2col_rows(x, cols, kh, kw, sy, sx, ph, pw, dy, dx, oh, ow):
+    """cols (C*KH*KW, N*OH*OW): row (c, i, j) holds tap (i, j) of channel c for every output pixel of every
+    sample, zero where the window reaches the padding. One row per prange iteration (contiguous writes)."""
+    n, c, h, w = x.shape
+    xf, cf = x.reshape(-1), cols.reshape(-1)
+    total = uint64(n * oh * ow)
+    uow, usx = uint64(ow), uint64(sx)
+    for r in prange(c * kh * kw):
+        ci, i, j = r // (kh * kw), r // kw % kh, r % kw
+        off = j * dx - pw  # output column ox reads input column ox * sx + off
+        lo = min(ow, (sx - 1 - off) // sx) if off < 0 else 0
+        hi = max(lo, min(ow, (w - 1 - off) // sx + 1)) if w - 1 - off >= 0 else lo
+        ulo, uhi = uint64(lo), uint64(hi)
+        for s in range(n):
+            for oy in range(oh):
+                d = uint64(r) * total + uint64((s * oh + oy) * ow)
+                iy = oy * sy + i * dy - ph
+                if iy < 0 or iy >= h:
+                    for ox in range(uow):
+                        cf[d + ox] = 0
+                    continue
+                src = uint64(((s * c + ci) * h + iy) * w + lo * sx + off)  # input column of ox = lo
+                for ox in range(ulo):
+                    cf[d + ox] = 0
+                if sx == 1:
+                    for k in range(uhi - ulo):
+                        cf[d + ulo + k] = xf[src + k]
+                else:
+                    for k in range(uhi - ulo):
+                        cf[d + ulo + k] = xf[src + k * usx]
+                for ox in range(uhi, uow):
+                    cf[d + ox] = 0
+
+
+@njit(parallel=True, cache=True)
+def _col2im_rows(cols, img, kh, kw, sy, sx, ph, pw, dy, dx, oh, ow):
+    """The adjoint of ``_im2col_rows``: each pixel of img (N, C, H, W) sums the entries of cols (C*KH*KW,
+    N*OH*OW) that read it. One (n, c) plane per prange iteration, summed in a zero-padded plane tap by tap
+    ((i, j) ascending, as the generic col2im), so no two iterations write the same pixel."""
+    n, c, h, w = img.shape
+    hp, wp = h + 2 * ph, w + 2 * pw
+    cf, imf = cols.reshape(-1), img.reshape(-1)
+    total = uint64(n * oh * ow)
+    uow, usx = uint64(ow), uint64(sx)
+    for p in prange(n * c):
+        s, ci = p // c, p % c
+        buf = numpy.zeros(hp * wp, dtype=cols.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                src = uint64((ci * kh + i) * kw + j) * total + uint64(s * oh * ow)
+                for oy in range(oh):
+                    d = uint64((oy * sy + i * dy) * wp + j * dx)
+                    if sx == 1:
+                        for ox in range(uow):
+                            buf[d + ox] += cf[src + ox]
+                    else:
+                        for ox in range(uow):
+                            buf[d + ox * usx] += cf[src + ox]
+                    src += uow
+        for y in range(h):
+            imf[(p * h + y) * w:(p * h + y + 1) * w] = buf[(y + ph) * wp + pw:(y + ph) * wp + pw + w]
+
+
+@njit(parallel=True, cache=True)
+def _rows_to_batch(rows, bias, out):
+    """out (N, OC, L) = rows (OC, N*L) regrouped by sample, plus bias (OC,)."""
+    n, oc, length = out.shape
+    rf, of, ul = rows.reshape(-1), out.reshape(-1), uint64(length)
+    for p in prange(n * oc):
+        s, o = p // oc, p % oc
+        b, src, dst = bias[o], uint64((o * n + s) * length), uint64(p * length)
+        for k in range(ul):
+            of[dst + k] = rf[src + k] + b
+
+
+@njit(parallel=True, cache=True)
+def _batch_to_rows(g, rows):
+    """rows (OC, N*L) = g (N, OC, L) with the samples side by side: the GEMM operand of the gradients."""
+    n, oc, length = g.shape
+    gf, rf, ul = g.reshape(-1), rows.reshape(-1), uint64(length)
+    for p in prange(n * oc):
+        s, o = p // oc, p % oc
+        src, dst = uint64(p * length), uint64((o * n + s) * length)
+        for k in range(ul):
+            rf[dst + k] = gf[src + k]
+
+
+def _check_window(stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]) -> None:
+    """Refuse a stride or dilation below 1 or a negative padding: the compiled loops index with them unchecked."""
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"stride and dilation must be >= 1 and padding >= 0, got stride {tuple(stride)}, "
+                         f"padding {tuple(padding)} and dilation {tuple(dilation)}")
+
+
+def im2col_rows(x: numpy.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                dilation: tuple[int, int]) -> numpy.ndarray:
+    """The windows of x (N, C, H, W) as one (C*KH*KW, N*OH*OW) matrix: a column per output pixel of every sample,
+    rows in the weight's (c, i, j) order, so a convolution is one GEMM ``W (OC, C*KH*KW) @ cols``."""
+    _check_window(stride, padding, dilation)
+    n, c, h, w = x.shape
+    (kh, kw), (sy, sx), (ph, pw), (dy, dx) = kernel, stride, padding, dilation
+    oh, ow = out_size(h, kh, sy, ph, dy), out_size(w, kw, sx, pw, dx)
+    cols = numpy.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
+    _im2col_rows(numpy.ascontiguousarray(x), cols, kh, kw, sy, sx, ph, pw, dy, dx, oh, ow)
+    return cols
+
+
+def col2im_rows(cols: numpy.ndarray, x_shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
+                padding: tuple[int, int], dilation: tuple[int, int]) -> numpy.ndarray:
+    """The adjoint of ``im2col_rows``: (C*KH*KW, N*OH*OW) columns summed back onto an (N, C, H, W) image."""
+    _check_window(stride, padding, dilation)
+    n, c, h, w = x_shape
+    (kh, kw), (sy, sx), (ph, pw), (dy, dx) = kernel, stride, padding, dilation
+    oh, ow = out_size(h, kh, sy, ph, dy), out_size(w, kw, sx, pw, dx)
+    if tuple(cols.shape) != (c * kh * kw, n * oh * ow):
+        raise ValueError(f"col2im_rows: cols has shape {tuple(cols.shape)}, expected {(c * kh * kw, n * oh * ow)}")
+    img = numpy.empty(x_shape, dtype=cols.dtype)
+    _col2im_rows(numpy.ascontiguousarray(cols), img, kh, kw, sy, sx, ph, pw, dy, dx, oh, ow)
+    return img
+
+
+def gemm_forward(x: numpy.ndarray, w: numpy.ndarray, b: numpy.ndarray | None, stride: tuple[int, int],
+                 padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """(out, cols) of a one-group convolution as ``im2col_rows`` and ONE GEMM over the whole batch, regrouped
+    into (N, OC, OH, OW) with the bias added; cols is what ``gemm_backward`` needs."""
+    n, _, h, wd = x.shape
+    oc, _, kh, kw = w.shape
+    oh, ow = out_size(h, kh, stride[0], padding[0], dilation[0]), out_size(wd, kw, stride[1], padding[1], dilation[1])
+    cols = im2col_rows(x, (kh, kw), stride, padding, dilation)
+    rows = numpy.ascontiguousarray(w, dtype=x.dtype).reshape(oc, -1) @ cols  # (OC, N*OH*OW)
+    bias = numpy.zeros(oc, dtype=x.dtype) if b is None else numpy.ascontiguousarray(b, dtype=x.dtype)
+    out = numpy.empty((n, oc, oh * ow), dtype=x.dtype)
+    _rows_to_batch(rows, bias, out)
+    return out.reshape(n, oc, oh, ow), cols
+
+
+def gemm_backward(cols: numpy.ndarray, w: numpy.ndarray, g: numpy.ndarray, x_shape: tuple[int, ...],
+                  stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
+                  needs: tuple[bool, bool, bool]) -> tuple[Any, Any, Any]:
+    """(gx, gw, gb) of ``gemm_forward``: the output gradient side by side as (OC, N*OH*OW), then one GEMM each for
+    the weight gradient (``g @ cols^T``) and the input gradient's columns (``W^T @ g``, summed back by
+    ``col2im_rows``); None where ``needs`` is False."""
+    need_x, need_w, need_b = needs
+    n, oc, oh, ow = g.shape
+    if tuple(cols.shape) != (w[0].size, n * oh * ow):
+        raise ValueError(f"gemm_backward: cols has shape {tuple(cols.shape)}, expected {(w[0].size, n * oh * ow)}")
+    rows = numpy.empty((oc, n * oh * ow), dtype=g.dtype)
+    _batch_to_rows(numpy.ascontiguousarray(g).reshape(n, oc, oh * ow), rows)
+    gw = (rows @ cols.T).reshape(w.shape) if need_w else None
+    gb = rows.sum(axis=1) if need_b else None
+    gx = None
+    if need_x:
+        w2 = numpy.ascontiguousarray(w, dtype=g.dtype).reshape(oc, -1)
+        gx = col2im_rows(w2.T @ rows, x_shape, w.shape[2:], stride, padding, dilation)
+    return gx, gw, gb

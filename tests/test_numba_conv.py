@@ -1,6 +1,5 @@
-"""The Numba backend's direct and depthwise convolutions against by-definition references, on random shapes,
-strides, paddings, dilations, rectangular kernels and odd channel counts; and when each is used instead of
-im2col + matmul."""
+"""The Numba backend's direct, depthwise and one-GEMM convolutions against by-definition references, on random
+shapes, strides, paddings, dilations, rectangular kernels and odd channel counts; and when each is used."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import pytest
 
 pytest.importorskip("numba", reason="the numba backend needs numba: pip install 'xpnet[numba]'")
 
-from test_kernels import CASES, naive_conv  # noqa: E402
+from test_kernels import CASES, fitting_size, naive_conv, naive_im2col  # noqa: E402
 
 from xpnet import functional as F  # noqa: E402
 from xpnet import kernels  # noqa: E402
@@ -117,15 +116,18 @@ def test_every_layer_of_the_three_small_models_runs_direct():
                 assert numba_conv.direct_pays(shape, swapped, (1, 1), (kh - 1 - ph, kw - 1 - pw)), (name, layer)
 
 
-@pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation, groups", [
-    ((2, 3, 9, 8), (4, 3, 3, 3), (2, 2), (1, 1), (1, 1), 1),      # stride 2
-    ((2, 3, 9, 8), (4, 3, 3, 3), (1, 1), (3, 3), (1, 1), 1),      # padding as large as the kernel
-    ((2, 32, 6, 6), (32, 32, 3, 3), (1, 1), (1, 1), (1, 1), 1),   # 9216 multiply-adds per output pixel
-    ((2, 3, 9, 8), (4, 3, 3, 3), (1, 1), (2, 2), (2, 2), 1),      # dilation
-    ((2, 4, 9, 8), (6, 2, 3, 3), (1, 1), (1, 1), (1, 1), 2),      # two groups
-    ((2, 1, 9, 8), (3, 1, 3, 2), (2, 1), (1, 0), (1, 2), 1),      # one channel: not depthwise
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation, groups, path", [
+    ((2, 3, 9, 8), (4, 3, 3, 3), (2, 2), (1, 1), (1, 1), 1, "gemm"),      # stride 2
+    ((2, 3, 9, 8), (4, 3, 3, 3), (1, 1), (3, 3), (1, 1), 1, "gemm"),      # padding as large as the kernel
+    ((2, 32, 6, 6), (32, 32, 3, 3), (1, 1), (1, 1), (1, 1), 1, "gemm"),   # 9216 multiply-adds, a small plane
+    ((2, 3, 9, 8), (4, 3, 3, 3), (1, 1), (2, 2), (2, 2), 1, "gemm"),      # dilation
+    ((2, 1, 9, 8), (3, 1, 3, 2), (2, 1), (1, 0), (1, 2), 1, "gemm"),      # one channel: not depthwise
+    ((2, 4, 9, 8), (6, 2, 3, 3), (1, 1), (1, 1), (1, 1), 2, "generic"),   # two groups
 ])
-def test_other_convolutions_take_im2col_and_match_numpy(nb, x_shape, w_shape, stride, padding, dilation, groups):
+def test_other_convolutions_take_a_gemm_path_and_match_numpy(nb, x_shape, w_shape, stride, padding, dilation,
+                                                             groups, path):
+    """One group: one GEMM over the whole batch, its residual the (C*KH*KW, N*OH*OW) columns; other groupings:
+    the generic im2col + batched matmul, its residual the (N, G, C/G*KH*KW, OH*OW) columns."""
     assert not numba_conv.direct_pays(x_shape, w_shape, stride, padding, dilation, groups)
     assert not numba_depthwise.depthwise_pays(x_shape, groups)
     rng = np.random.default_rng(3)
@@ -134,12 +136,112 @@ def test_other_convolutions_take_im2col_and_match_numpy(nb, x_shape, w_shape, st
     options = (stride, padding, dilation, groups)
     out, cols = nb.conv2d_forward(x, w, b, *options)
     expected, expected_cols = generic.conv2d_forward(x, w, b, *options)
-    assert cols.shape == expected_cols.shape  # the residual is the im2col columns
+    columns = (w[0].size * groups, out.shape[0] * out.shape[2] * out.shape[3])
+    assert cols.shape == (columns if path == "gemm" else expected_cols.shape)
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
     g = rng.standard_normal(out.shape)
     for got, want in zip(nb.conv2d_backward(cols, w, g, x_shape, *options, ALL_GRADS),
                          generic.conv2d_backward(expected_cols, w, g, x_shape, *options, ALL_GRADS)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_resnet8_layers_take_the_measured_paths():
+    """ResNet-8 at 28x28: direct up to 16 channels and for 32 -> 32 on 14x14 (long rows), one GEMM for the
+    strided layers and for 64 -> 64 on 7x7 (docs/performance.md, section 8)."""
+    direct = [((1, 1, 28, 28), (16, 1, 3, 3)), ((1, 16, 28, 28), (16, 16, 3, 3)), ((1, 32, 14, 14), (32, 32, 3, 3))]
+    for x_shape, w_shape in direct:
+        assert numba_conv.direct_pays(x_shape, w_shape, (1, 1), (1, 1)), (x_shape, w_shape)
+    assert not numba_conv.direct_pays((1, 64, 7, 7), (64, 64, 3, 3), (1, 1), (1, 1))
+    strided = [((1, 16, 28, 28), (32, 16, 3, 3), (1, 1)), ((1, 16, 28, 28), (32, 16, 1, 1), (0, 0)),
+               ((1, 32, 14, 14), (64, 32, 3, 3), (1, 1))]
+    for x_shape, w_shape, padding in strided:
+        assert not numba_conv.direct_pays(x_shape, w_shape, (2, 2), padding), (x_shape, w_shape)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_wide_direct_convolution_matches_reference(nb, dtype):
+    """The direct kernels on a wide layer they now take (32 -> 32 channels on a 12x12 plane, 9216 multiply-adds
+    per pixel) and on an odd channel count."""
+    rng = np.random.default_rng(17)
+    for x_shape, w_shape in [((2, 32, 12, 12), (32, 32, 3, 3)), ((2, 21, 13, 12), (35, 21, 3, 3))]:
+        assert numba_conv.direct_pays(x_shape, w_shape, (1, 1), (1, 1))
+        x, w = rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)
+        b = rng.standard_normal(w_shape[0]).astype(dtype)
+        expected, expected_grads = reference_conv(x, w, b, (1, 1))
+        out, residual = nb.conv2d_forward(x, w, b, (1, 1), (1, 1), (1, 1), 1)
+        _assert_close(out, expected, dtype, f"output {x_shape} * {w_shape}")
+        g = rng.standard_normal(out.shape).astype(dtype)
+        grads = nb.conv2d_backward(residual, w, g, x_shape, (1, 1), (1, 1), (1, 1), 1, ALL_GRADS)
+        for name, got, want in zip(("gx", "gw", "gb"), grads, expected_grads(g.astype(np.float64))):
+            _assert_close(got, want, dtype, f"{name} {x_shape} * {w_shape}")
+
+
+# --- one GEMM over the batch: (C*KH*KW, N*OH*OW) columns ----------------------------------------------------------
+
+def rows_layout(cols):
+    """Chainer-layout columns (N, C, KH, KW, OH, OW) as the GEMM path's (C*KH*KW, N*OH*OW) matrix."""
+    n, c, kh, kw, oh, ow = cols.shape
+    return cols.transpose(1, 2, 3, 0, 4, 5).reshape(c * kh * kw, n * oh * ow)
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation", CASES)
+def test_im2col_rows_and_col2im_rows_match_the_references(shape, kernel, stride, padding, dilation):
+    """Bit for bit the naive loops' columns, and the generic col2im's sums (same order), on random geometries."""
+    rng = np.random.default_rng(sum(shape) + 7 * sum(kernel) + sum(stride))
+    x = rng.standard_normal(shape)
+    cols = numba_conv.im2col_rows(x, kernel, stride, padding, dilation)
+    np.testing.assert_array_equal(cols, rows_layout(naive_im2col(x, kernel, stride, padding, dilation)))
+    g6 = rng.standard_normal(naive_im2col(x, kernel, stride, padding, dilation).shape)
+    np.testing.assert_array_equal(numba_conv.col2im_rows(rows_layout(g6), shape, kernel, stride, padding, dilation),
+                                  kernels.col2im(np, g6, shape, stride, padding, dilation))
+
+
+def test_im2col_rows_reads_a_non_contiguous_float32_input():
+    x = np.random.default_rng(4).standard_normal((5, 3, 8, 2 * 9)).astype(np.float32)[..., ::2]
+    cols = numba_conv.im2col_rows(x, (3, 2), (2, 1), (1, 1), (1, 2))
+    assert cols.dtype == np.float32
+    np.testing.assert_array_equal(cols, rows_layout(naive_im2col(x, (3, 2), (2, 1), (1, 1), (1, 2))))
+
+
+def test_rows_kernels_refuse_what_they_would_misread():
+    with pytest.raises(ValueError, match="stride and dilation must be >= 1 and padding >= 0"):
+        numba_conv.im2col_rows(np.zeros((1, 1, 5, 5)), (2, 2), (0, 1), (0, 0), (1, 1))
+    with pytest.raises(ValueError, match="stride and dilation must be >= 1 and padding >= 0"):
+        numba_conv.col2im_rows(np.zeros((4, 16)), (1, 1, 5, 5), (2, 2), (1, 1), (-1, 0), (1, 1))
+    with pytest.raises(ValueError, match=r"cols has shape \(4, 15\), expected \(4, 16\)"):
+        numba_conv.col2im_rows(np.zeros((4, 15)), (1, 1, 5, 5), (2, 2), (1, 1), (0, 0), (1, 1))
+    with pytest.raises(ValueError, match=r"gemm_backward: cols has shape \(9, 15\), expected \(9, 16\)"):
+        numba_conv.gemm_backward(np.zeros((9, 15)), np.zeros((2, 1, 3, 3)), np.zeros((1, 2, 4, 4)), (1, 1, 6, 6),
+                                 (1, 1), (0, 0), (1, 1), ALL_GRADS)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("seed", range(12))
+def test_gemm_convolution_matches_naive(seed, dtype):
+    """gemm_forward / gemm_backward against the definition: random strides, paddings (also beyond the kernel),
+    dilations, rectangular kernels, with and without bias, and only the gradients asked for."""
+    r = np.random.default_rng(300 + seed)
+    kh, kw = (int(k) for k in r.integers(1, 5, 2))
+    stride, dilation = tuple(int(v) for v in r.integers(1, 4, 2)), tuple(int(v) for v in r.integers(1, 3, 2))
+    padding = tuple(int(v) for v in r.integers(0, 4, 2))
+    h, w = (fitting_size(r, k, p, d) for k, p, d in zip((kh, kw), padding, dilation))
+    x_shape = (int(r.integers(1, 4)), int(r.integers(1, 5)), h, w)
+    w_shape = (int(r.integers(1, 7)), x_shape[1], kh, kw)
+    x, wt = r.standard_normal(x_shape).astype(dtype), r.standard_normal(w_shape).astype(dtype)
+    b = r.standard_normal(w_shape[0]).astype(dtype) if seed % 3 else None
+    expected, grads = naive_conv(x.astype(np.float64), wt.astype(np.float64),
+                                 None if b is None else b.astype(np.float64), stride, padding, dilation, 1)
+    what = f"{x_shape} * {w_shape} stride {stride} pad {padding} dilation {dilation}"
+    out, cols = numba_conv.gemm_forward(x, wt, b, stride, padding, dilation)
+    _assert_close(out, expected, dtype, f"output {what}")
+    g = r.standard_normal(out.shape).astype(dtype)
+    needs = (seed % 2 == 0, seed % 4 != 1, b is not None)
+    got = numba_conv.gemm_backward(cols, wt, g, x_shape, stride, padding, dilation, needs)
+    for name, need, a, e in zip(("gx", "gw", "gb"), needs, got, grads(g.astype(np.float64))):
+        if not need:
+            assert a is None, name
+            continue
+        _assert_close(a, e, dtype, f"{name} {what}")
 
 
 @pytest.mark.parametrize("shape, kernel, stride, padding, dilation", [case for case in CASES if case[4] != (1, 1)])
@@ -233,11 +335,12 @@ def test_depthwise_kernels_refuse_what_they_would_misread():
     (1, 1, 1, 4, (4, 1, 3, 3)),          # depthwise, long rows
     (2, 1, 1, 4, (8, 1, 3, 3)),          # depthwise with multiplier 2, strided
     (1, "same", 2, 4, (4, 1, 2, 3)),     # depthwise, dilated, even kernel: asymmetric "same"
-    (1, 2, 2, 1, (3, 4, 3, 3)),          # dilated, generic path
+    (1, 2, 2, 1, (3, 4, 3, 3)),          # dilated, one GEMM
+    (2, 1, 1, 1, (5, 4, 3, 2)),          # strided, one GEMM
     (2, 1, 1, 2, (6, 2, 3, 2)),          # grouped, generic path
 ])
 def test_numba_convolution_gradients(stride, padding, dilation, groups, w_shape):
-    """Float64 central differences through the Numba kernels (depthwise and generic paths)."""
+    """Float64 central differences through the Numba kernels (depthwise, one-GEMM and generic paths)."""
     import xpnet
     xpnet.use("numba")
     rng = np.random.default_rng(21)
