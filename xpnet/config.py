@@ -128,7 +128,8 @@ def _check_type(path: str | os.PathLike, key: str, value: Any, field_name: str |
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m xpnet.train",
-        description="Train a named CNN on MNIST (or an image-folder dataset) with the backend from XPNET_BACKEND.")
+        description="Train a CNN on MNIST, Fashion-MNIST, CIFAR-10 or an image-folder dataset with the backend from "
+                    "XPNET_BACKEND.")
     p.add_argument("--config", help="TOML file of settings (report 2's keys accepted); flags override it")
     p.add_argument("--model", help=f"architecture: one of {', '.join(MODELS)}, or package.module:function "
                                    f"for your own factory (default report1)")

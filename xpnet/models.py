@@ -119,8 +119,8 @@ MODELS: dict[str, Callable[..., Module]] = {
     "resnet": resnet,
 }
 DESCRIPTIONS = {
-    "report1": "one 3x3 conv (8 filters), max pool, dropout, linear: the first report's MNIST net (12.6k params)",
-    "report2": "three 3x3 convs (3, 6, 9 filters), max pool, linear: the second report's MNIST net (18k params)",
+    "report1": "one 3x3 conv (8 filters), max pool, dropout, linear: the first report's MNIST net (15.8k params)",
+    "report2": "three 3x3 convs (3, 6, 9 filters), max pool, linear: the second report's MNIST net (18.3k params)",
     "lenet5": "LeNet-5: two 5x5 convs with max pooling, then 120-84-classes linear layers (61.7k params)",
     "resnet": "ResNet-8: 3x3 stem, three BasicBlock stages of width 16/32/64 with BatchNorm, global average pool "
               "(77.8k params)",
