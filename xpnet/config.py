@@ -14,7 +14,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from xpnet.data import DATASETS
-from xpnet.models import MODELS, ModelError, resolve_factory
+from xpnet.models import DESCRIPTIONS, ModelError, resolve_factory
 from xpnet.optim import OPTIMIZERS
 
 LOSSES = ("cross_entropy", "softmax_cross_entropy", "CrossEntropyLoss")
@@ -131,8 +131,9 @@ def parser() -> argparse.ArgumentParser:
         description="Train a CNN on MNIST, Fashion-MNIST, CIFAR-10 or an image-folder dataset with the backend from "
                     "XPNET_BACKEND.")
     p.add_argument("--config", help="TOML file of settings (report 2's keys accepted); flags override it")
-    p.add_argument("--model", help=f"architecture: one of {', '.join(MODELS)}, or package.module:function "
-                                   f"for your own factory (default report1)")
+    p.add_argument("--model", help="architecture: " + "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items())
+                   + "; or package.module:function for your own factory of (input_shape, num_classes) (default "
+                     "report1)")
     p.add_argument("--dataset", choices=DATASETS, help="which dataset to find when --data is not given, and how "
                                                        "to read it (default mnist)")
     p.add_argument("--batch-size", type=int, nargs="+", dest="batch_size",
