@@ -2,17 +2,15 @@
 format through the real readers, the Debian package source, the cache, downloads from local HTTP mirrors with
 checksum mismatches, and the not-found message."""
 
-import functools
 import gzip
 import hashlib
-import http.server
 import io
 import tarfile
-import threading
 
 import numpy as np
 import pytest
 from PIL import Image
+from local_http import serve
 
 from xpnet.data import DATASETS, DataError, Dataset, load_dataset, load_mnist, to_grayscale, write_idx
 from xpnet.data import cifar10, fashion_mnist, mnist
@@ -349,11 +347,6 @@ def test_cifar_published_md5():
 
 # --- downloads ---------------------------------------------------------------------------------------------------
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def www(tmp_path, idx_arrays, cifar, monkeypatch):
     """Local HTTP mirrors: 'good' serves the files whose checksums are injected, 'bad' corrupted copies (valid
@@ -371,20 +364,8 @@ def www(tmp_path, idx_arrays, cifar, monkeypatch):
     (served / "bad" / "cifar-10-binary.tar.gz").write_bytes(cifar_tar(corrupted))
     monkeypatch.setattr(fashion_mnist.SPEC, "checksums", idx_checksums(idx_arrays))
     monkeypatch.setattr(cifar10.SPEC, "md5", hashlib.md5(archive).hexdigest())
-    requests = []
-
-    class Handler(QuietHandler):
-        def do_GET(self):
-            requests.append(self.path)
-            super().do_GET()
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield (lambda name: f"http://127.0.0.1:{server.server_port}/{name}/"), requests
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serve(served) as served_urls:
+        yield served_urls
 
 
 def test_fashion_download_and_cache(tmp_path, idx_arrays, www):

