@@ -59,3 +59,18 @@ def user_module(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "my_models"
     sys.modules.pop("my_models", None)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """PyTorch on one thread for a test module (none installed: nothing to do). The parity tests use small tensors,
+    where extra torch threads only add overhead on a shared 2-core machine (10x for the MNIST nets)."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -24,16 +24,7 @@ BACKENDS = [name for name in xpnet.backends_available() if name != "cupy"]
 SHAPES = [(2, 3), (5, 4), (2, 3, 5), (3, 2, 7), (2, 3, 4, 5), (3, 2, 3, 5)]  # batch 2 and odd sizes, 2-D to 4-D
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: extra torch threads only add overhead on a small machine."""
-    if torch is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: small tensors
 
 
 def rng_for(*key):

@@ -15,13 +15,7 @@ from xpnet.interop.torch import MaskedDropout  # noqa: E402
 MODELS = ["report1", "report2", "lenet5"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """These models are tiny: extra torch threads only add overhead (10x on a 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: small tensors
 
 
 def rel_err(ours, theirs) -> float:

@@ -21,16 +21,8 @@ from xpnet.interop import torch as xt  # noqa: E402
 CPU_BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
     find_spec("numba") is None, reason="the numba backend needs numba: pip install 'xpnet[numba]'"))]
 # PyTorch warns that an even "same" span makes it pad a copy of the input; that is the case being tested.
-pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Small shapes: extra torch threads only add overhead on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -15,13 +15,7 @@ TOL = 1e-10
 BATCH = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The model is small: extra torch threads only add overhead on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: small tensors
 
 
 def torch_buffers(module) -> dict:
