@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import traceback
 from typing import Any, Callable, Sequence
 
@@ -27,6 +28,7 @@ from xpnet.nn import Parameter
 
 # World-size variables set by launchers: MPICH/Hydra, Intel MPI and srun --mpi=pmi2; Open MPI; MVAPICH2.
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+ABORT_GRACE_S = 0.5  # a failing rank waits this long between flushing its traceback and MPI_Abort
 
 
 def launched_size() -> int:
@@ -145,9 +147,13 @@ class MpiWorld(World):
                           dtype=loader.dtype, preload=loader.preload, transform=loader.transform)
 
     def abort(self, code: int) -> None:
-        """End every rank of the job with exit status ``code`` (the others may be waiting in a collective)."""
+        """End every rank of the job with exit status ``code`` (the others may be waiting in a collective).
+
+        The launcher stops forwarding output once Abort begins, so the rank first gives it ``ABORT_GRACE_S`` to
+        read what was just flushed (the traceback that says why the job ended)."""
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
 
     def _flat(self, params: Sequence[Parameter]) -> tuple[Any, list[Any]]:
