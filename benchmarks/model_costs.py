@@ -7,8 +7,9 @@ Any model is counted the same way: one forward pass of a zero image (eval mode, 
 on every leaf module recording its input and output shapes. So the count follows what ``forward`` really calls,
 in any order and with shortcuts, not just a Sequential's list of layers.
 
-- **FLOPs.** A convolution does OC*OH*OW * C/groups*KH*KW multiply-adds (MACs) per image in its forward pass (the
-  output shape, read from the trace, carries stride, padding and dilation), a dense layer OUT * IN per input row.
+- **FLOPs.** The multiply-adds (MACs) are those ``model.summary()`` shows (the trace and the count live in
+  ``xpnet/summary.py``): a convolution does OC*OH*OW * C/groups*KH*KW per image in its forward pass (the output
+  shape, read from the trace, carries stride, padding and dilation), a dense layer OUT * IN per input row.
   One MAC is 2 FLOPs, and the backward pass costs about twice the forward (the gradients of the input and of the
   weights are one GEMM each), so a training step costs ``6 * MACs`` FLOPs. BatchNorm, pooling, activations,
   dropout, the loss and the optimizer update are O(activations), not O(MACs), and are left out.
@@ -25,13 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from xpnet.autograd import Tensor, get_default_dtype, no_grad, tensor
-from xpnet.backend import get_backend
-from xpnet.nn import BatchNorm1d, BatchNorm2d, Conv2d, Linear, Module
+from xpnet.autograd import Tensor
+from xpnet.nn import Module
+from xpnet.summary import layer_macs, trace_leaves
 
 TRAINING_FLOPS_PER_MAC = 6  # 2 FLOPs per MAC, times 3 for forward + backward
 TRAINING_PASSES_OVER_ACTIVATIONS = 3  # forward once, backward about twice
-ELEMENTWISE_WITH_PARAMETERS = (BatchNorm1d, BatchNorm2d)  # leaves whose parameters do O(activations) work
 
 
 @dataclass(frozen=True)
@@ -51,41 +51,18 @@ class Cost:
 
 
 def model_cost(model: Module, input_shape: tuple[int, int, int]) -> Cost:
-    """The per-image cost of ``model`` on (C, H, W) inputs, from one traced forward pass of a zero image; raises
-    TypeError for a leaf with parameters it cannot count the MACs of. The model's modes are restored after."""
+    """The per-image cost of ``model`` on (C, H, W) inputs, from one traced forward pass of a zero image
+    (``xpnet.summary.trace_leaves``); raises TypeError for a leaf with parameters it cannot count the MACs of. The
+    model's modes are restored after."""
     costs: list[Cost] = []
-    leaves = [m for _, m in model.named_modules() if next(m.children(), None) is None]
-    handles = [leaf.register_forward_hook(lambda m, args, out: costs.append(leaf_cost(m, args, out)))
-               for leaf in leaves]
-    modes = [(m, m.training) for _, m in model.named_modules()]
-    try:
-        model.eval()
-        with no_grad():
-            model(_zero_image(model, input_shape))
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes:
-            module.training = training
+    trace_leaves(model, input_shape, lambda name, m, args, out: costs.append(leaf_cost(m, args, out)))
     return Cost(sum(c.macs for c in costs), sum(c.activations for c in costs))
-
-
-def _zero_image(model: Module, input_shape: tuple[int, int, int]) -> Tensor:
-    """A batch of one zero image in the model's parameter dtype, on the active backend."""
-    parameters = model.parameters()
-    dtype = parameters[0].dtype if parameters else get_default_dtype()
-    return tensor(get_backend().xp.zeros((1, *input_shape), dtype=dtype))
 
 
 def leaf_cost(module: Module, args: tuple[Any, ...], output: Tensor) -> Cost:
     """The cost of one call of a leaf module on a batch of one image: its MACs and its input + output elements."""
     elements = sum(a.size for a in args if isinstance(a, Tensor)) + output.size
-    if isinstance(module, Conv2d):
-        kh, kw = module.kernel_size
-        return Cost(output.size * module.in_channels // module.groups * kh * kw, elements)
-    if isinstance(module, Linear):
-        return Cost(output.size * module.in_features, elements)
-    if module.parameters() and not isinstance(module, ELEMENTWISE_WITH_PARAMETERS):
+    macs = layer_macs(module, output)
+    if macs is None:
         raise TypeError(f"model_cost cannot count the multiply-adds of a {type(module).__name__} layer")
-    return Cost(0, elements)
-
+    return Cost(macs, elements)

@@ -186,6 +186,13 @@ class Module:
         for name, value in values.items():
             own[name].data = backend.asarray(value, dtype=own[name].dtype)
 
+    def summary(self, input_shape: tuple[int, ...]) -> str:
+        """Keras-style table of every leaf layer's output shape, parameters and multiply-adds on one input of
+        ``input_shape`` (without the batch, e.g. (C, H, W)), with the totals; see xpnet/summary.py."""
+        from xpnet.summary import summarize  # summary imports the layers defined here
+
+        return str(summarize(self, input_shape))
+
     def extra_repr(self) -> str:
         return ""
 
