@@ -17,5 +17,14 @@ __version__ = "0.1.0"
 __all__ = [
     "Backend", "BackendUnavailable", "Function", "Tensor", "allocator", "backend_names", "backends_available",
     "build_model", "from_dlpack", "functional", "get_backend", "get_default_dtype", "is_grad_enabled",
-    "manual_seed", "nn", "no_grad", "optim", "random", "set_default_dtype", "tensor", "threads", "use",
+    "manual_seed", "nn", "no_grad", "optim", "predict", "random", "set_default_dtype", "tensor", "threads", "use",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``xpnet.predict`` (the module of ``python -m xpnet.predict``, callable as the function) loads on first use:
+    it reads image files with Pillow, which ``import xpnet`` does not import."""
+    if name == "predict":
+        import importlib
+        return importlib.import_module("xpnet.predict")
+    raise AttributeError(f"module 'xpnet' has no attribute {name!r}")
