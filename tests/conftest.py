@@ -7,6 +7,8 @@ import xpnet  # noqa: I001  (before NumPy, as in user code: see xpnet/threads.py
 import numpy as np
 import pytest
 
+from xpnet.data import write_idx
+
 USER_MODELS = textwrap.dedent('''
     from xpnet import nn
     from xpnet import functional as F
@@ -49,6 +51,25 @@ def _fresh_state():
     yield
     xpnet.use("numpy")
     xpnet.set_default_dtype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory):
+    """A tiny learnable MNIST look-alike in the four standard IDX files (gzipped, like the real ones)."""
+    root = tmp_path_factory.mktemp("mnist")
+    rng = np.random.default_rng(0)
+    templates = rng.integers(0, 256, size=(10, 28, 28))
+
+    def make(n):
+        labels = np.arange(n) % 10
+        noise = rng.integers(0, 256, size=(n, 28, 28))
+        return ((0.7 * templates[labels] + 0.3 * noise)).astype(np.uint8), labels.astype(np.uint8)
+
+    for prefix, n in (("train", 240), ("t10k", 80)):
+        images, labels = make(n)
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
 
 
 @pytest.fixture

@@ -53,7 +53,10 @@ def save_checkpoint(path: str | os.PathLike, weights: dict[str, np.ndarray], opt
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint written by ``save_checkpoint``; a clear error names the file otherwise."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single .npy array, not an .npz archive")
+        with loaded as data:
             arrays = {k: data[k] for k in data.files}
         meta = json.loads(str(arrays.pop("meta.json")))
     except FileNotFoundError:

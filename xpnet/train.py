@@ -9,6 +9,7 @@ weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -22,11 +23,12 @@ import numpy as np
 from tqdm import tqdm
 
 import xpnet
-from xpnet import distributed, random
+from xpnet import distributed, random, runs
 from xpnet.autograd import no_grad
 from xpnet.backend import BackendUnavailable, get_backend
-from xpnet.checkpoint import CheckpointError, check_fits, load_checkpoint, restore_optimizer, save_checkpoint
-from xpnet.config import ConfigError, TrainConfig, load_config
+from xpnet.checkpoint import (Checkpoint, CheckpointError, check_fits, load_checkpoint, restore_optimizer,
+                              save_checkpoint)
+from xpnet.config import ConfigError, TrainConfig, load_settings, make_config
 from xpnet.data import DataError, DataLoader, Dataset, load_dataset, split_train_val
 from xpnet.data.transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
 from xpnet.models import ModelError, build_model, check_fits_data
@@ -34,7 +36,7 @@ from xpnet.nn import CrossEntropyLoss, Module
 from xpnet.nn_utils import clip_grad_norm_
 from xpnet.optim import OPTIMIZERS, Optimizer, lr_scheduler
 from xpnet.reports import (confusion_matrix, ensure_dir, machine_description, plot_confusion, plot_curves,
-                           write_jsonl, write_summary)
+                           plot_sweep, write_jsonl, write_summary)
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,6 +51,7 @@ class RunResult:
     test_acc: float
     seconds: float
     epochs: int
+    confusion: np.ndarray | None = None  # test-set counts[true, predicted], for the sweep's charts
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, transform: Any = None) -> DataLoader:
@@ -197,9 +200,10 @@ def run_one(config: TrainConfig, batch_size: int, train: Dataset, val: Dataset |
         backend.synchronize()
         elapsed = time.perf_counter() - started
         if not math.isfinite(train_loss):
-            raise TrainingDiverged(
-                f"training loss became {train_loss} in epoch {epoch} (lr={config.lr}); stopped. The last good "
-                f"checkpoint is {out / 'last.npz'} (epoch {epoch - 1}); try a smaller --lr")
+            kept = (f"the last good checkpoint is {out / 'last.npz'} (epoch {epoch - 1})" if epoch > 1
+                    else "no checkpoint was written")
+            raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch} (lr={config.lr}); stopped: "
+                                   f"{kept}; try a smaller --lr")
         if float_buffers(model):  # BatchNorm statistics: rank 0's for every rank (each rank saw its shard)
             world.broadcast_parameters(float_buffers(model))
         val_loss, val_acc = evaluate(model, val_loader)[:2] if val_loader else (None, None)
@@ -219,20 +223,20 @@ def run_one(config: TrainConfig, batch_size: int, train: Dataset, val: Dataset |
                       "best": best, "backend": backend.name, "input_shape": list(train.shape),
                       "classes": train.classes, "normalize": stats,
                       "scheduler": scheduler.state_dict() if scheduler is not None else None}
-            save_checkpoint(out / "last.npz", model.state_dict(), optimizer.state_dict(), record, best_weights)
-            if improved:
+            if improved:  # best.npz first: a kill between the two writes leaves last.npz behind, never best.npz
                 save_checkpoint(out / "best.npz", best_weights, optimizer.state_dict(), record)
+            save_checkpoint(out / "last.npz", model.state_dict(), optimizer.state_dict(), record, best_weights)
 
     if val_loader is not None:
         model.load_state_dict(best_weights)  # early stopping keeps the best validation weights
     test_loss, test_acc, predicted = evaluate(model, make_loader(test, 1024, shuffle=False, seed=0,
                                                                  transform=eval_transform(stats)))
+    counts = confusion_matrix(test.labels, predicted, len(test.classes))  # every rank has the gathered predictions
     if world.rank == 0:
         title = f"{config.model}, batch {batch_size}, {backend.name} backend"
         plot_curves(history, out / "curves.png", title)
-        counts = confusion_matrix(test.labels, predicted, len(test.classes))
         plot_confusion(counts, test.classes, out / "confusion.png", f"{title}: test accuracy {100 * test_acc:.2f}%")
-    return RunResult(batch_size, history, test_loss, test_acc, seconds, len(history))
+    return RunResult(batch_size, history, test_loss, test_acc, seconds, len(history), counts)
 
 
 def float_buffers(model: Module) -> list[Any]:
@@ -240,13 +244,48 @@ def float_buffers(model: Module) -> list[Any]:
     return [b for _, b in model.named_buffers() if b is not None and b.dtype.kind == "f"]
 
 
+RESUME_FIELDS = ("config", "epoch", "rng", "history", "best")
+FREE_ON_RESUME = ("epochs", "patience", "data", "resume", "out", "name")  # may differ from the checkpoint's
+
+
+def checkpoint_path(resume: str | os.PathLike) -> Path:
+    """The checkpoint ``--resume`` names: the file itself, or the newer of ``last.npz`` and ``best.npz`` in the
+    named run folder (``best.npz`` is written first, so a kill between the two leaves it one epoch ahead, holding
+    everything ``last.npz`` would)."""
+    path = Path(resume)
+    if not path.is_dir():
+        return path
+    if not (path / "last.npz").exists() and any(path.glob("bs*/last.npz")):
+        runs = ", ".join(str(p.parent) for p in sorted(path.glob("bs*/last.npz")))
+        raise ConfigError(f"--resume: {path} holds a sweep; resume one of its runs: {runs}")
+    last, best = path / "last.npz", path / "best.npz"
+    if best.exists() and saved_epoch(best) > (saved_epoch(last) if last.exists() else 0):
+        return best
+    return last
+
+
+def saved_epoch(path: Path) -> int:
+    return int(load_checkpoint(path).record.get("epoch", 0))
+
+
+def resumable(path: Path) -> Checkpoint:
+    """The checkpoint at ``path``, refused unless its record has what resuming needs."""
+    checkpoint = load_checkpoint(path)
+    missing = [k for k in RESUME_FIELDS if k not in checkpoint.record]
+    if missing:
+        raise CheckpointError(f"{path} cannot be resumed: its record has no {', '.join(missing)}")
+    unknown = set(checkpoint.record["config"]) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise CheckpointError(f"{path} cannot be resumed: its config has keys this xpnet does not know: "
+                              f"{', '.join(sorted(unknown))}")
+    return checkpoint
+
+
 def resume(config: TrainConfig, model: Module, optimizer: Optimizer,
            scheduler: Any) -> tuple[int, list, dict, dict, dict | None]:
-    """Load ``last.npz`` (or the named file) into model, optimizer, schedule and RNG; return where to continue."""
-    path = Path(config.resume)
-    if path.is_dir():
-        path = path / "last.npz"
-    checkpoint = load_checkpoint(path)
+    """Load the checkpoint into model, optimizer, schedule and RNG; return where to continue."""
+    path = checkpoint_path(config.resume)
+    checkpoint = resumable(path)
     check_fits(checkpoint, config.model, {k: v.shape for k, v in model.state_dict().items()}, path)
     model.load_state_dict(checkpoint.weights)
     restore_optimizer(optimizer, checkpoint, path)
@@ -254,22 +293,32 @@ def resume(config: TrainConfig, model: Module, optimizer: Optimizer,
     if scheduler is not None:
         scheduler.load_state_dict(record["scheduler"])
     random.set_state(record["rng"])
-    return (record["epoch"] + 1, list(record["history"]), dict(record["best"]), checkpoint.best_weights,
-            record.get("normalize"))
+    return (record["epoch"] + 1, list(record["history"]), dict(record["best"]),
+            checkpoint.best_weights or checkpoint.weights, record.get("normalize"))
 
 
-def resumed_config(config: TrainConfig) -> TrainConfig:
-    """A resumed run keeps the checkpoint's settings (so it replays the same run) but this command's
-    --epochs, --out, --data and --patience; a learning-rate schedule fixes the number of epochs too."""
-    path = Path(config.resume)
-    saved = load_checkpoint(path / "last.npz" if path.is_dir() else path).record["config"]
-    keep = {k: getattr(config, k) for k in ("epochs", "out", "data", "resume", "patience")}
-    resumed = TrainConfig(**{**saved, **keep})
+def resumed_config(settings: dict[str, Any]) -> TrainConfig:
+    """A resumed run replays the checkpoint's settings; this command may change only --epochs, --patience, --data
+    (where the same data now lives) and where to write. Any other setting given that differs is refused, naming
+    both values; a learning-rate schedule fixes the number of epochs too."""
+    path = checkpoint_path(settings["resume"])
+    saved = resumable(path).record["config"]
+    conflicts = [f"--{k.replace('_', '-')} {_shown(v)} (the checkpoint has {_shown(saved.get(k))})"
+                 for k, v in settings.items() if k not in FREE_ON_RESUME and v != saved.get(k)]
+    if conflicts:
+        raise ConfigError(f"--resume {settings['resume']}: the run continues with its own settings, but this command "
+                          f"changes them: {'; '.join(conflicts)}. Drop those flags, or start a new run")
+    where = {"out": None, "name": None}  # the checkpoint's own folder unless this command names another
+    resumed = make_config({**saved, **where, **{k: v for k, v in settings.items() if k in FREE_ON_RESUME}})
     if resumed.scheduler != "none" or resumed.warmup_epochs:
         if resumed.epochs != saved["epochs"]:
             raise ConfigError(f"--epochs: the checkpoint's learning-rate schedule ({resumed.scheduler}) was planned "
                               f"for {saved['epochs']} epochs; resume with --epochs {saved['epochs']}")
     return resumed
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def format_epoch(h: dict[str, Any], epochs: int, improved: bool) -> str:
@@ -279,41 +328,109 @@ def format_epoch(h: dict[str, Any], epochs: int, improved: bool) -> str:
     return line + f"  {h['seconds']:.1f}s"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def choose_folder(config: TrainConfig, settings: dict[str, Any]) -> Path:
+    """The run's folder (see ``xpnet.runs``): a resumed run continues in its checkpoint's folder unless --out or
+    --name names a new one; a folder that holds another run is refused."""
+    asked = Path(config.out) if config.out else runs.RUNS_ROOT / config.name if config.name else None
+    flag = "--out" if config.out else "--name"
+    if config.resume:
+        path = checkpoint_path(config.resume)
+        home = Path(os.path.realpath(path.parent))
+        if asked is None or Path(os.path.realpath(asked)) == home:
+            last = home / "last.npz"
+            if last.exists() and saved_epoch(last) > saved_epoch(path):
+                raise ConfigError(f"--resume {config.resume}: continuing from it (epoch {saved_epoch(path)}) in {home} "
+                                  f"would overwrite {last} (epoch {saved_epoch(last)}); give --out NEW_FOLDER to "
+                                  f"continue from it there")
+            return home
+    elif asked is None:
+        return runs.default_folder(config.model)
+    if runs.holds_run(asked):
+        raise ConfigError(f"{flag}: {asked} already holds a run; continue it with --resume {asked}, or choose another "
+                          f"{flag}")
+    return asked
+
+
+def interrupted(folder: Path | None) -> str:
+    """What Ctrl-C left behind and how to continue."""
+    last = folder / "last.npz" if folder is not None else None
+    if last is None or not last.exists():
+        return "interrupted before the first epoch ended: nothing was saved"
     try:
-        world = distributed.init()
-        if world.rank:
-            sys.stdout = open(os.devnull, "w")  # rank 0 alone prints
-        config = load_config(argv)
-        if config.resume:
-            config = resumed_config(config)
-        backend = get_backend()
-        data = load_dataset(config.dataset, config.data, grayscale=config.grayscale, image_type=config.image_type)
-        shape = "x".join(map(str, data.train.shape))
-        print(f"xpnet {xpnet.__version__} | backend {backend.name} | model {config.model} | "
-              f"data: {data.source} ({shape}, {len(data.train.classes)} classes)", flush=True)
-        if config.val_split:
-            train, val = split_train_val(data.train, config.val_split, config.seed)
-        else:
-            train, val = data.train, None
-        out = ensure_dir(config.out)
+        epoch = load_checkpoint(last).record["epoch"]
+    except (CheckpointError, KeyError):
+        return f"interrupted; {last} could not be read"
+    return f"interrupted: {last} holds epoch {epoch}; continue with: python -m xpnet.train --resume {folder}"
+
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, BackendUnavailable, ModelError, TrainingDiverged, OSError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command: one message and a non-zero exit for any error a user can cause (``--debug`` adds the
+    traceback); Ctrl-C stops with the command that resumes."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    progress: dict[str, Path] = {}
+    try:
+        return train_command(argv, progress)
+    except KeyboardInterrupt:
+        print(f"\n{interrupted(progress.get('folder'))}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if "--debug" in argv:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+
+
+def train_command(argv: list[str], progress: dict[str, Path]) -> int:
+    """Parse, load the data, take the run folder and train one run per batch size; ``progress['folder']`` names
+    the run in progress."""
+    world = distributed.init()
+    if world.rank:
+        sys.stdout = open(os.devnull, "w")  # rank 0 alone prints
+    settings = load_settings(argv)
+    config = resumed_config(settings) if settings.get("resume") else make_config(settings)
+    backend = get_backend()
+    data = load_dataset(config.dataset, config.data, grayscale=config.grayscale, image_type=config.image_type)
+    for part, dataset in (("training", data.train), ("test", data.test)):
+        if not len(dataset):
+            raise DataError(f"{data.source}: the {part} set is empty")
+    shape = "x".join(map(str, data.train.shape))
+    print(f"xpnet {xpnet.__version__} | backend {backend.name} | model {config.model} | "
+          f"data: {data.source} ({shape}, {len(data.train.classes)} classes)", flush=True)
+    if config.val_split:
+        train, val = split_train_val(data.train, config.val_split, config.seed)
+    else:
+        train, val = data.train, None
+    out = Path(world.broadcast_text(str(choose_folder(config, settings)) if world.rank == 0 else ""))
+    config = dataclasses.replace(config, out=str(out))
+    if world.rank == 0:
+        ensure_dir(out)
+    with runs.locked(out) if world.rank == 0 else contextlib.nullcontext():
+        if world.rank == 0:
+            runs.remove_temporaries(out)
+            if Path(os.path.realpath(out)).parent == Path(os.path.realpath(runs.RUNS_ROOT)):
+                runs.point_latest(out)
+        print(f"run folder {out}", flush=True)
         results = []
         for batch_size in config.batch_size:
-            run_out = ensure_dir(out / f"bs{batch_size}") if len(config.batch_size) > 1 else out
+            run_out = out / f"bs{batch_size}" if len(config.batch_size) > 1 else out
+            if world.rank == 0:
+                ensure_dir(run_out)
+            progress["folder"] = run_out
             result = run_one(config, batch_size, train, val, data.test, run_out)
             print(f"batch {batch_size}: test accuracy {100 * result.test_acc:.2f}%  test loss "
                   f"{result.test_loss:.4f}  ({result.epochs} epochs, {result.seconds:.1f}s)", flush=True)
             results.append(result)
         header = {"model": config.model, "optimizer": f"{config.optimizer} lr={config.lr}",
                   "backend": backend.name, "machine": machine_description(), "data": data.source,
-                  "command": " ".join(["python -m xpnet.train", *(argv if argv is not None else sys.argv[1:])])}
+                  "command": " ".join(["python -m xpnet.train", *argv])}
         if world.rank == 0:
-            write_summary(out / "summary.md", [dataclasses.asdict(r) for r in results], header)
+            rows = [dataclasses.asdict(r) for r in results]
+            write_summary(out / "summary.md", rows, header, plot_sweep(out, rows, data.test.classes))
         print(f"wrote {out / 'summary.md'}")
-        return 0
-    except (ConfigError, DataError, CheckpointError, BackendUnavailable, ModelError, TrainingDiverged) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+    return 0
 
 
 if __name__ == "__main__":
