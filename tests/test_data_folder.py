@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from corrupt_files import forge_ihdr, npy_bytes, npz_bytes, png_bytes, png_chunk, zlib_zeros
 from PIL import Image
 
 from xpnet.data import DataError, load_class_folders
@@ -226,6 +227,45 @@ def test_other_image_format_under_a_png_name(tmp_path):
     assert str(gif) in str(err.value)
 
 
+@pytest.mark.parametrize("side, resize, words", [
+    (100_000, False, ["DecompressionBombError"]),     # Pillow refuses it on opening, beyond twice its pixel limit
+    (10_000, True, ["DecompressionBombWarning"]),     # past the limit: the warning is an error too
+    (9_000, False, ["9000x9000", "28x28"]),           # under it: the header's size is refused before decoding
+], ids=["bomb-error", "bomb-warning", "wrong-size-header"])
+def test_png_that_claims_a_huge_size_names_the_file(tmp_path, side, resize, words):
+    make_tree(tmp_path)
+    bomb = tmp_path / "train" / "1" / "bomb.png"
+    bomb.write_bytes(forge_ihdr(png_bytes(np.zeros((28, 28), np.uint8)), width=side, height=side))
+    with pytest.raises(DataError) as err:
+        load_class_folders(tmp_path, "train", resize=resize, cache=False)
+    assert str(bomb) in str(err.value)
+    for word in words:
+        assert word in str(err.value)
+
+
+@pytest.mark.parametrize("forge", [
+    lambda png: forge_ihdr(png, depth=7),                                  # no such bit depth
+    lambda png: forge_ihdr(png, color=5),                                  # no such colour type
+    lambda png: png[:8] + png_chunk(b"IHDR", b"\0" * 5) + png[33:],         # IHDR too short for its fields
+    lambda png: png[:33] + png_chunk(b"zTXt", b"k\0\0" + zlib_zeros()) + png[33:],   # text chunk bomb
+], ids=["depth", "colour-type", "short-ihdr", "ztxt-bomb"])
+def test_any_decoder_failure_is_a_data_error_naming_the_file(tmp_path, forge):
+    make_tree(tmp_path, classes=("0",))
+    bad = tmp_path / "train" / "0" / "forged.png"
+    bad.write_bytes(forge(png_bytes(np.zeros((28, 28), np.uint8))))
+    with pytest.raises(DataError, match="not a readable PNG/JPG image") as err:
+        load_class_folders(tmp_path, "train", cache=False)
+    assert str(bad) in str(err.value)
+
+
+def test_more_class_folders_than_the_dataset_has_classes(tmp_path):
+    make_tree(tmp_path, classes=("a", "b", "c"), per_class=1)
+    assert load_class_folders(tmp_path, "train", max_classes=3, cache=False).classes == ["a", "b", "c"]
+    with pytest.raises(DataError, match=r"3 class folders \(a, b, c\), but the dataset has 2 classes") as err:
+        load_class_folders(tmp_path, "train", max_classes=2, cache=False)
+    assert str(tmp_path / "train") in str(err.value)
+
+
 def test_hidden_entries_are_ignored(tmp_path):
     make_tree(tmp_path, classes=("0",))
     (tmp_path / "train" / "0" / ".DS_Store").write_bytes(b"\0junk")
@@ -323,6 +363,19 @@ def test_corrupt_cache_is_rebuilt(tmp_path, decodes):
     np.testing.assert_array_equal(ds.images[0, 0], written["0/0.png"])
     load_class_folders(tmp_path, "train")
     assert len(decodes) == 12
+
+
+def test_cache_that_declares_a_huge_array_is_rebuilt_not_allocated(tmp_path, decodes):
+    written = make_tree(tmp_path)
+    load_class_folders(tmp_path, "train")
+    cache = tmp_path / ".xpnet-cache-train.npz"
+    with np.load(cache) as z:
+        members = {f"{k}.npy": npy_bytes(z[k].dtype.str, z[k].shape, z[k].tobytes()) for k in z.files}
+    members["images.npy"] = npy_bytes("|u1", (1 << 36,), b"")      # 64 GiB declared in a few bytes
+    cache.write_bytes(npz_bytes(members))
+    ds = load_class_folders(tmp_path, "train")
+    assert len(decodes) == 12
+    np.testing.assert_array_equal(ds.images[0, 0], written["0/0.png"])
 
 
 def test_unwritable_root_falls_back_to_the_user_cache(tmp_path, decodes, monkeypatch):

@@ -2,11 +2,14 @@
 
 import gzip
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
+from corrupt_files import gzip_bomb, idx_header
 
 from xpnet.data import DataError, Dataset, load_idx_pair, read_idx, write_idx
+from xpnet.data.dataset import MAX_NUMBERED_CLASSES
 from xpnet.data.files import atomic_write
 
 
@@ -73,6 +76,57 @@ def test_truncated_gzip_names_the_file(tmp_path):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("dims, words", [
+    ((65536,) * 4, ["(65536, 65536, 65536, 65536)", "too large"]),        # 2**64 values: 0 in int64 arithmetic
+    ((0, 2**32 - 1, 2**32 - 1, 2**32 - 1), ["too large"]),                # no values, but no array has that shape
+    ((1,) * 40, ["40 dimensions", "at most 32"]),
+], ids=["wraps-to-zero", "zero-times-huge", "too-many-dims"])
+def test_dimensions_are_checked_in_exact_arithmetic(tmp_path, dims, words):
+    path = tmp_path / "huge-idx3-ubyte"
+    path.write_bytes(idx_header(0x08, dims))    # a header alone, which int64 arithmetic says is the whole file
+    with pytest.raises(DataError) as err:
+        read_idx(path)
+    assert str(path) in str(err.value)
+    for word in words:
+        assert word in str(err.value)
+
+
+def read_tracing_memory(path):
+    """read_idx(path)'s DataError and the peak of Python memory allocated meanwhile."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as err:
+            read_idx(path)
+        return err.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_gzip_bomb_is_inflated_only_as_far_as_the_header_promises(tmp_path):
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    path.write_bytes(gzip_bomb(idx_header(0x08, (4, 28, 28)) + bytes(4 * 28 * 28), members=64))  # then 1 GiB
+    assert path.stat().st_size < 2 << 20
+    err, peak = read_tracing_memory(path)
+    assert str(path) in str(err) and "need 3152 bytes, but the decompressed file has more" in str(err)
+    assert peak < 2 << 20
+
+
+def test_gzip_header_claiming_more_than_deflate_can_hold_is_refused_before_inflating(tmp_path):
+    path = tmp_path / "claims-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(idx_header(0x08, (60000, 28, 28)) + bytes(100)))
+    err, peak = read_tracing_memory(path)
+    assert str(path) in str(err) and "need 47040016 bytes, more than a" in str(err) and "gzip file can hold" in str(err)
+    assert peak < 1 << 20
+
+
+def test_gzip_shorter_than_its_header(tmp_path):
+    path = tmp_path / "short-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(idx_header(0x08, (100,)) + bytes(40)))
+    with pytest.raises(DataError, match="need 108 bytes, but the decompressed file has 48") as err:
+        read_idx(path)
+    assert str(path) in str(err.value)
+
+
 def test_missing_file_names_the_file(tmp_path):
     with pytest.raises(DataError) as err:
         read_idx(tmp_path / "nope")
@@ -111,9 +165,16 @@ def test_idx_pair_counts_must_agree(tmp_path):
 
 def test_idx_pair_labels_out_of_range(tmp_path):
     paths = write_pair(tmp_path, np.zeros((3, 2, 2), np.uint8), np.array([0, 12, 1], np.uint8))
-    with pytest.raises(DataError, match="label 12 is out of range") as err:
+    with pytest.raises(DataError, match=r"label 12 is out of range \(at index 1\)") as err:
         load_idx_pair(*paths, classes=[str(i) for i in range(10)])
-    assert str(paths[1]) in str(err.value)
+    assert str(paths[1]) in str(err.value) and "[0, 10)" in str(err.value)
+
+
+def test_idx_pair_without_classes_refuses_a_label_that_would_make_billions(tmp_path):
+    paths = write_pair(tmp_path, np.zeros((3, 2, 2), np.uint8), np.array([0, 2**31 - 1, 1], np.int32))
+    with pytest.raises(DataError, match=r"label 2147483647 \(at index 1\) would make 2147483648 classes") as err:
+        load_idx_pair(*paths)
+    assert str(paths[1]) in str(err.value) and str(MAX_NUMBERED_CLASSES) in str(err.value)
 
 
 @pytest.mark.parametrize("images, labels, bad", [
@@ -141,8 +202,10 @@ def test_dataset_validation_and_subset():
     assert len(empty) == 0 and empty.images.shape == (0, 1, 2, 2)
     with pytest.raises(DataError, match="4 images but 3 labels"):
         Dataset(images, np.zeros(3, np.int64), ["a"])
-    with pytest.raises(DataError, match="label 2 is out of range"):
+    with pytest.raises(DataError, match=r"label 2 is out of range \(at index 2\)"):
         Dataset(images, np.array([0, 1, 2, 0]), ["a", "b"])
+    with pytest.raises(DataError, match=r"label 18446744073709551615 is out of range \(at index 1\)"):
+        Dataset(images, np.array([0, 2**64 - 1, 1, 0], np.uint64), ["a", "b"])   # not wrapped to -1 first
     with pytest.raises(DataError, match="label -1 is out of range"):
         Dataset(images, np.array([0, -1, 1, 0]), ["a", "b"])
     with pytest.raises(DataError, match="uint8"):
@@ -151,6 +214,8 @@ def test_dataset_validation_and_subset():
         Dataset(images.reshape(4, 4), np.zeros(4, np.int64), ["a"])
     with pytest.raises(DataError, match="at least one channel"):
         Dataset(np.zeros((4, 0, 2, 2), np.uint8), np.zeros(4, np.int64), ["a"])
+    with pytest.raises(DataError, match="at least 1x1 pixels"):
+        Dataset(np.zeros((4, 1, 0, 2), np.uint8), np.zeros(4, np.int64), ["a"])
     assert issubclass(DataError, ValueError)
 
 

@@ -101,11 +101,28 @@ def test_class_folder_tree(tmp_path, arrays):
 
 def test_class_trees_must_share_classes(tmp_path, arrays):
     root = write_class_tree(tmp_path / "tree", arrays)
-    (root / "test" / "extra").mkdir()
-    Image.fromarray(arrays["t10k-images-idx3-ubyte"][0]).save(root / "test" / "extra" / "x.png")
+    os.rename(root / "test" / "9", root / "test" / "extra")   # ten folders in each split, but not the same ten
     with pytest.raises(DataError, match="different class folders") as err:
         load_mnist(root, download=False)
     assert str(root / "test") in str(err.value)
+
+
+def test_class_tree_with_more_folders_than_mnist_has_classes(tmp_path, arrays):
+    root = write_class_tree(tmp_path / "tree", arrays)
+    for split in ("train", "test"):
+        (root / split / "extra").mkdir()
+        Image.fromarray(arrays["t10k-images-idx3-ubyte"][0]).save(root / split / "extra" / "x.png")
+    with pytest.raises(DataError, match="11 class folders") as err:
+        load_mnist(root, download=False)
+    assert str(root / "train") in str(err.value) and "extra" in str(err.value) and "10 classes" in str(err.value)
+
+
+def test_idx_labels_past_the_ten_digits_name_the_file_value_and_index(tmp_path, arrays):
+    arrays["t10k-labels-idx1-ubyte"][3] = 200
+    folder = write_idx_folder(tmp_path / "idx", arrays)
+    with pytest.raises(DataError, match=r"label 200 is out of range \(at index 3\)") as err:
+        load_mnist(folder, download=False)
+    assert str(folder / "t10k-labels-idx1-ubyte") in str(err.value) and "[0, 10)" in str(err.value)
 
 
 def test_npz_file(tmp_path, arrays):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 
 LUMA_CHUNK = 4096  # images converted to grayscale at a time
+MAX_DIMS = 32  # the most array dimensions a file may declare (NumPy 1.x's limit; 2.x allows 64)
+MAX_NUMBERED_CLASSES = 1 << 16  # labels with no class list name classes "0", "1", ...: at most this many
 
 
 class DataError(ValueError):
@@ -36,15 +40,17 @@ class Dataset:
             self.images = self.images[:, None]
         if self.images.shape[1] == 0:
             raise DataError(f"images must have at least one channel, got shape {self.images.shape}")
+        if 0 in self.images.shape[2:]:
+            raise DataError(f"images must be at least 1x1 pixels, got shape {self.images.shape}")
         if self.labels.ndim != 1 or (self.labels.size and self.labels.dtype.kind not in "iu"):
             raise DataError(f"labels must be an integer array (N,), got {self.labels.dtype} {self.labels.shape}")
-        self.labels = self.labels.astype(np.int64, copy=False)
         if len(self.labels) != len(self.images):
             raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
-        if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
-            bad = self.labels[(self.labels < 0) | (self.labels >= len(self.classes))][0]
-            raise DataError(f"label {bad} is out of range: expected labels in [0, {len(self.classes)}) "
-                            f"for {len(self.classes)} classes")
+        bad = np.flatnonzero((self.labels < 0) | (self.labels >= len(self.classes))) if self.labels.size else []
+        if len(bad):  # checked before the int64 cast, which would wrap uint64 values
+            raise DataError(f"label {self.labels[bad[0]]} is out of range (at index {bad[0]}): expected labels in "
+                            f"[0, {len(self.classes)}) for {len(self.classes)} classes")
+        self.labels = self.labels.astype(np.int64, copy=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -66,6 +72,41 @@ def dataset_from(source: str | os.PathLike, images: np.ndarray, labels: np.ndarr
         return Dataset(images, labels, classes)
     except DataError as exc:
         raise DataError(f"{source}: {exc}") from None
+
+
+def same_shape(train: Dataset, test: Dataset, train_source: str | os.PathLike,
+               test_source: str | os.PathLike) -> tuple[Dataset, Dataset]:
+    """(train, test), refused unless their images have one shape (C, H, W): a model is built for one."""
+    if train.shape != test.shape:
+        raise DataError(f"{train_source} holds images of shape {train.shape} (C, H, W) but {test_source} holds "
+                        f"{test.shape}; both splits need the same shape")
+    return train, test
+
+
+def checked_nbytes(shape: Sequence[int], itemsize: int, source: str | os.PathLike, what: str) -> int:
+    """The bytes an array of ``shape`` holds, computed in Python ints (no overflow), after checking that NumPy
+    can represent the shape; ``what`` names the array in the error."""
+    if len(shape) > MAX_DIMS:
+        raise DataError(f"{source}: {what} declares {len(shape)} dimensions; expected at most {MAX_DIMS}")
+    if math.prod(d for d in shape if d) * max(itemsize, 1) > np.iinfo(np.intp).max:
+        raise DataError(f"{source}: {what} declares shape {tuple(shape)}, too large for any array")
+    return math.prod(shape) * itemsize
+
+
+def numbered_classes(labels: Mapping[str, np.ndarray]) -> list[str]:
+    """Class names "0", "1", ... up to the largest label, for data without a class list; ``labels`` maps a name
+    for errors (file, array) to integer labels. More than ``MAX_NUMBERED_CLASSES`` is refused: one corrupt label
+    would otherwise make billions of names."""
+    top = -1
+    for source, array in labels.items():
+        if array.ndim != 1 or not array.size or array.dtype.kind not in "iu":
+            continue  # the Dataset check refuses labels that are not integers (N,)
+        i = int(np.argmax(array))
+        if int(array[i]) >= MAX_NUMBERED_CLASSES:
+            raise DataError(f"{source}: label {array[i]} (at index {i}) would make {int(array[i]) + 1} classes; "
+                            f"without a class list labels must be in [0, {MAX_NUMBERED_CLASSES})")
+        top = max(top, int(array[i]))
+    return [str(i) for i in range(top + 1)]
 
 
 def luma(images: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""File helpers shared by the readers: atomic writes and the user cache directory."""
+"""File helpers shared by the readers: atomic writes, the user cache directory, bounded reads."""
 
 from __future__ import annotations
 
@@ -7,6 +7,18 @@ import os
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+# Deflate (gzip, zip) expands one stored byte to at most 1032 bytes: the most a compressed file can hold, so a size
+# declared inside it beyond that is a lie, refused before anything is allocated.
+MAX_DEFLATE_RATIO = 1032
+
+
+def read_into(stream: BinaryIO, buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``stream`` until it is full or the stream ends; the number of bytes read."""
+    done = 0
+    while done < len(buffer) and (n := stream.readinto(buffer[done:])):
+        done += n
+    return done
 
 
 def user_cache_dir() -> Path:

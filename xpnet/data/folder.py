@@ -6,6 +6,10 @@ forces one channel (Pillow's "L" luma). 16-bit grayscale PNGs are scaled to 8 bi
 cached at ``root/.xpnet-cache-<split>.npz`` (or in the user cache when ``root`` is read-only) under a key made of
 every image's relative name, size and mtime plus the decoding options, so adding, removing, replacing or
 touching an image rebuilds the cache.
+
+Every image file is untrusted: its header's size is checked against ``size`` before any pixel is decoded (unless
+``resize``), Pillow's decompression-bomb warning is an error, and whatever Pillow raises on a corrupt or
+truncated file becomes a DataError naming the file.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,7 @@ from tqdm import tqdm
 
 from xpnet.data.dataset import DataError, Dataset, dataset_from
 from xpnet.data.files import atomic_write, user_cache_dir
+from xpnet.data.npz import read_npz
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_FORMATS = ("PNG", "JPEG")
@@ -29,6 +34,7 @@ CACHE_VERSION = 2  # bump when the decoding changes, so old caches are rebuilt
 GRAY_MODES = ("1", "L", "LA", "La")
 WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # how Pillow opens 16-bit grayscale PNGs
 PALETTE_MODES = ("P", "PA")
+CACHE_KEYS = ("key", "images", "labels", "classes")
 
 
 def image_suffixes(image_type: str | None) -> tuple[str, ...]:
@@ -41,18 +47,31 @@ def image_suffixes(image_type: str | None) -> tuple[str, ...]:
     return (".png",) if kind == "png" else (".jpg", ".jpeg")
 
 
-def _scan(split_dir: Path, suffixes: tuple[str, ...]) -> tuple[list[str], list[list[Path]]]:
+def _listing(folder: Path) -> list[Path]:
+    """The entries of ``folder`` that are not hidden, sorted."""
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
+
+
+def _scan(split_dir: Path, suffixes: tuple[str, ...],
+          max_classes: int | None = None) -> tuple[list[str], list[list[Path]]]:
     """Class names (sorted folder names) and each class's image files of the wanted ``suffixes`` (sorted);
-    hidden entries and images of the other type are skipped."""
+    hidden entries and images of the other type are skipped. More than ``max_classes`` folders are refused."""
     if not split_dir.is_dir():
         raise DataError(f"{split_dir}: folder not found; expected class folders {split_dir}/<class>/ of PNG/JPG "
                         f"images (e.g. {split_dir}/0 ... {split_dir}/9)")
-    class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = [p for p in _listing(split_dir) if p.is_dir()]
     if not class_dirs:
         raise DataError(f"{split_dir}: no class folders; expected {split_dir}/<class>/ holding PNG/JPG images")
+    if max_classes is not None and len(class_dirs) > max_classes:
+        names = ", ".join(p.name for p in class_dirs)
+        raise DataError(f"{split_dir}: {len(class_dirs)} class folders ({names}), but the dataset has "
+                        f"{max_classes} classes; expected at most {max_classes} folders, one per class")
     files = []
     for class_dir in class_dirs:
-        entries = sorted(p for p in class_dir.iterdir() if not p.name.startswith("."))
+        entries = _listing(class_dir)
         for p in entries:
             if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
                 raise DataError(f"{p}: not an image file; class folders may hold only "
@@ -70,7 +89,10 @@ def _cache_key(split_dir: Path, files: list[list[Path]], resize: bool, size: tup
     entries = []
     for class_files in files:
         for p in class_files:
-            st = p.stat()
+            try:
+                st = p.stat()
+            except OSError as exc:
+                raise DataError(f"{p}: cannot read the file's size and time ({exc.strerror or exc})") from None
             entries.append((p.relative_to(split_dir).as_posix(), st.st_size, st.st_mtime_ns))
     text = json.dumps([CACHE_VERSION, resize, list(size), "L" if grayscale else "auto", entries])
     return hashlib.sha256(text.encode()).hexdigest()
@@ -93,23 +115,26 @@ def _gray_or_rgb(img: Image.Image, grayscale: bool) -> Image.Image:
 
 def decode_image(path: Path, resize: bool, size: tuple[int, int], grayscale: bool = False) -> np.ndarray:
     """One PNG/JPG file at ``size`` (height, width) as uint8: (H, W) if grayscale (or ``grayscale`` is set),
-    else RGB (3, H, W)."""
-    try:
-        with Image.open(path) as opened:
-            fmt = opened.format
-            opened.load()  # decodes the whole file, so a truncated one fails here
-            img = _gray_or_rgb(opened, grayscale)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable PNG/JPG image ({exc})") from None
-    if fmt not in IMAGE_FORMATS:
-        raise DataError(f"{path}: is a {fmt} image; expected PNG or JPEG")
+    else RGB (3, H, W). The format and size in the header are checked before any pixel is decoded."""
     height, width = size
-    if img.size != (width, height):
-        if not resize:
-            raise DataError(f"{path}: image is {img.height}x{img.width} (height x width) but {height}x{width} was "
-                            f"expected; resize the images or load them with resize=True")
-        img = img.resize((width, height), Image.BILINEAR)
-    pixels = np.asarray(img, dtype=np.uint8)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's pixel limit, as an error
+            with Image.open(path) as opened:
+                if opened.format not in IMAGE_FORMATS:
+                    raise DataError(f"{path}: is a {opened.format} image; expected PNG or JPEG")
+                if opened.size != (width, height) and not resize:
+                    raise DataError(f"{path}: image is {opened.height}x{opened.width} (height x width) but "
+                                    f"{height}x{width} was expected; resize the images or load them with resize=True")
+                opened.load()  # decodes the whole file, so a truncated one fails here
+                img = _gray_or_rgb(opened, grayscale)
+                if img.size != (width, height):
+                    img = img.resize((width, height), Image.BILINEAR)
+                pixels = np.asarray(img, dtype=np.uint8)
+    except (DataError, MemoryError):
+        raise  # a MemoryError is this machine's limit, not a fact about the file
+    except Exception as exc:  # Pillow raises many types on a corrupt file (OSError, SyntaxError, struct.error, ...)
+        raise DataError(f"{path}: not a readable PNG/JPG image ({type(exc).__name__}: {exc})") from None
     return pixels if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
@@ -119,14 +144,19 @@ def _cache_paths(root: Path, split: str) -> list[Path]:
     return [root / f".xpnet-cache-{split}.npz", user_cache_dir() / "folders" / f"{tag}-{split}.npz"]
 
 
-def _read_cache(path: Path, key: str) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-    """The cached arrays if ``path`` holds a readable cache made under ``key``, else None."""
+def _read_cache(path: Path, key: str) -> Dataset | None:
+    """The cached dataset if ``path`` holds a readable, valid cache made under ``key``, else None."""
+    if not path.is_file():
+        return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["key"]) != key:
-                return None
-            return z["images"], z["labels"], [str(c) for c in z["classes"]]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        z = read_npz(path, CACHE_KEYS, required=CACHE_KEYS)
+    except DataError:
+        return None
+    if z["key"].shape != () or str(z["key"]) != key or z["classes"].ndim != 1:
+        return None
+    try:
+        return Dataset(z["images"], z["labels"], [str(c) for c in z["classes"]])
+    except DataError:
         return None
 
 
@@ -161,23 +191,25 @@ def _decode_all(files: list[Path], resize: bool, size: tuple[int, int], grayscal
 
 def load_class_folders(root: str | os.PathLike, split: str, *, resize: bool = False,
                        size: tuple[int, int] = (28, 28), cache: bool = True,
-                       image_type: str | None = None, grayscale: bool = False) -> Dataset:
+                       image_type: str | None = None, grayscale: bool = False,
+                       max_classes: int | None = None) -> Dataset:
     """The images under ``root/split/<class>/`` as a Dataset: uint8 (N, 3, H, W) if any image has colour and
     ``grayscale`` is not set, else (N, 1, H, W).
 
     Images must be ``size`` (height, width) unless ``resize`` is set. With ``cache`` the decoded arrays are
     reused until an image file or an option changes. ``image_type`` ("png" or "jpg") reads only that type.
+    A split with more than ``max_classes`` class folders (the dataset's class count) is refused.
     """
     root = Path(root)
     split_dir = root / split
-    classes, files = _scan(split_dir, image_suffixes(image_type))
+    classes, files = _scan(split_dir, image_suffixes(image_type), max_classes)
     size = (int(size[0]), int(size[1]))
     key = _cache_key(split_dir, files, resize, size, grayscale) if cache else ""
     paths = _cache_paths(root, split) if cache else []
     for path in paths:
         hit = _read_cache(path, key)
         if hit is not None:
-            return dataset_from(path, *hit)
+            return hit
     labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(f) for f in files])
     all_files = [p for class_files in files for p in class_files]
     images = _decode_all(all_files, resize, size, grayscale, f"decoding {split_dir}")
@@ -187,13 +219,13 @@ def load_class_folders(root: str | os.PathLike, split: str, *, resize: bool = Fa
 
 
 def load_class_tree(root: str | os.PathLike, *, resize: bool = False, size: tuple[int, int] = (28, 28),
-                    cache: bool = True, image_type: str | None = None,
-                    grayscale: bool = False) -> tuple[Dataset, Dataset]:
+                    cache: bool = True, image_type: str | None = None, grayscale: bool = False,
+                    max_classes: int | None = None) -> tuple[Dataset, Dataset]:
     """(train, test) from ``root/train`` and ``root/test``, with the same class folders and channel count: if one
     split has colour, the other's grayscale images are given three equal channels too."""
     root = Path(root)
     train, test = (load_class_folders(root, split, resize=resize, size=size, cache=cache, image_type=image_type,
-                                      grayscale=grayscale) for split in ("train", "test"))
+                                      grayscale=grayscale, max_classes=max_classes) for split in ("train", "test"))
     if train.classes != test.classes:
         raise DataError(f"{root / 'train'} and {root / 'test'} have different class folders: {train.classes} vs "
                         f"{test.classes}; both splits need the same classes")

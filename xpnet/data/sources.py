@@ -122,7 +122,8 @@ class DatasetSpec:
             train, test = load_npz(p)
             return Splits(train, test, f"NPZ file {p}")
         if (p / "train").is_dir() or (p / "test").is_dir():
-            train, test = load_class_tree(p, size=self.image_size, image_type=image_type, grayscale=grayscale)
+            train, test = load_class_tree(p, size=self.image_size, image_type=image_type, grayscale=grayscale,
+                                          max_classes=len(self.classes))
             return Splits(train, test, f"class folders in {p}")
         raise DataError(f"{origin} {p} is a folder but holds no {self.title} data; expected {self._layouts()}")
 
