@@ -24,7 +24,8 @@ def probe() -> str | None:
     try:
         import cupy
     except ImportError as exc:
-        return f"cupy is not installed ({exc}); install it with: pip install 'xpnet[cuda12]'"
+        return (f"cupy is not installed ({exc}); install it with: pip install 'xpnet[cuda12]' (CUDA 12) or "
+                "'xpnet[cuda13]' (CUDA 13)")
     try:
         if not cupy.is_available():
             return f"{UNUSABLE}: {_device_count_error(cupy)}"

@@ -33,7 +33,7 @@ from xpnet.reports import machine_description
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 SHARED_FASHION = REPO.parent / "shared" / "data" / "fashion-mnist"
-VERSIONS = ("numpy", "numba", "torch", "cupy-cuda12x", "pytest-benchmark")
+VERSIONS = ("numpy", "numba", "torch", "cupy-cuda12x", "cupy-cuda13x", "pytest-benchmark")
 _skipped: dict[str, str] = {}
 
 
