@@ -230,7 +230,7 @@ def gpus():
     import cupy
     from cupy.cuda import nccl
     if not nccl.available:
-        pytest.skip("cupy cannot load NCCL: pip install 'nvidia-nccl-cu12>=2.18.1,<3'")
+        pytest.skip("cupy cannot load NCCL: pip install 'nvidia-nccl-cu12>=2.18.1,<3' (or nvidia-nccl-cu13)")
     return cupy.cuda.runtime.getDeviceCount()
 
 

@@ -193,7 +193,8 @@ class NcclWorld(MpiWorld):
 
         if not nccl.available:
             raise BackendUnavailable("distributed training on the CuPy backend needs NCCL, which cupy cannot load "
-                                     "here; install it with: pip install 'nvidia-nccl-cu12>=2.18.1,<3'")
+                                     "here; install it with: pip install 'nvidia-nccl-cu12>=2.18.1,<3' (CUDA 12) or "
+                                     "'nvidia-nccl-cu13' (CUDA 13)")
         super().__init__(comm)
         _use_local_gpu(local_rank)
         self._cupy, self._nccl = cupy, nccl
