@@ -6,7 +6,7 @@ ReLU agree with the generic NumPy kernels bit for bit (col2im and the pooling ba
 contributions in the same order, kernel offset (i, j) ascending). The direct convolution (``numba_conv``) sums
 in another order, so it agrees with NumPy's im2col + matmul to rounding (1e-15 relative in float64), not bit for
 bit.
-Kernels are cached on disk (``cache=True``): only the first process on a machine pays the compile time, which
+Kernels are cached on disk (``numba_jit.CACHE``): only the first process on a machine pays the compile time, which
 ``NumbaBackend.warm_up`` measures apart from steady-state timings.
 """
 
@@ -31,11 +31,12 @@ from numba import njit, prange, uint64  # noqa: E402
 
 from xpnet.backend import Backend  # noqa: E402
 from xpnet.backends import numba_conv, numba_depthwise  # noqa: E402
-from xpnet import kernels  # noqa: E402
+from xpnet.backends.numba_jit import CACHE, PARALLEL  # noqa: E402
+from xpnet import kernels, validate  # noqa: E402
 from xpnet.kernels import out_size  # noqa: E402
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _im2col(x, cols, sy, sx, ph, pw, dy, dx):
     """Fill cols (N, C, KH, KW, OH, OW) with the windows of x (N, C, H, W), zero where they reach the padding;
     taps are (dy, dx) apart."""
@@ -62,7 +63,7 @@ def _im2col(x, cols, sy, sx, ph, pw, dy, dx):
                     d += uow
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _col2im(cols, img, sy, sx, ph, pw, dy, dx):
     """Fill img (N, C, H, W) with the adjoint of im2col: each pixel sums the column entries covering it.
 
@@ -92,9 +93,10 @@ def _col2im(cols, img, sy, sx, ph, pw, dy, dx):
             imf[(nc * h + y) * w:(nc * h + y + 1) * w] = buf[(y + ph) * wp + pw:(y + ph) * wp + pw + w]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _max_pool_forward(x, out, arg, kh, kw, sy, sx):
-    """Window maxima and the flat in-window index of the first maximum (a NaN counts as the maximum, as argmax).
+    """Window maxima and the flat in-window index of the first maximum (a NaN beats numbers and earlier NaNs, so
+    the last NaN wins, as in PyTorch).
 
     Works a whole output row at a time, offset by offset ((i, j) ascending, strict ``>``), so the inner loop runs
     along the row and the first maximum wins ties.
@@ -118,18 +120,18 @@ def _max_pool_forward(x, out, arg, kh, kw, sy, sx):
                     sij = s + uint64(i * w + j)
                     for ox in range(uow):
                         v, best = xf[sij + ox * usx], of[o + ox]
-                        if v > best or (v != v and best == best):
+                        if v > best or v != v:
                             of[o + ox] = v
                             af[o + ox] = k
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _max_pool_forward_2x2(x, out, arg):
     """``_max_pool_forward`` for 2x2 windows at stride 2, without branches.
 
     On real-valued data "is this one larger?" is a coin toss, and the general kernel's branch mispredictions cost
-    about 40 cycles per output; selects cost a few. ``take`` is the same rule: a NaN wins over numbers, and once
-    the best is NaN nothing replaces it (NaN == NaN is False; ~(v <= best) is True for v > best and for NaN v).
+    about 40 cycles per output; selects cost a few. ``take`` is the same rule: a larger value or any NaN (v != v)
+    replaces the best, so the last NaN wins.
     """
     n, c, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
@@ -143,14 +145,14 @@ def _max_pool_forward_2x2(x, out, arg):
                 best = xf[r0 + 2 * ox]
                 k = 0
                 for index, v in ((1, xf[r0 + 2 * ox + 1]), (2, xf[r1 + 2 * ox]), (3, xf[r1 + 2 * ox + 1])):
-                    take = (best == best) & ~(v <= best)
+                    take = (v > best) | (v != v)
                     best = v if take else best
                     k = index if take else k
                 of[o + ox] = best
                 af[o + ox] = k
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _relu_forward(x, out):
     """max(x, 0) with NaN kept (as numpy.maximum), in parallel chunks."""
     xf, of = x.reshape(-1), out.reshape(-1)
@@ -159,15 +161,15 @@ def _relu_forward(x, out):
         of[i] = 0 if v <= 0 else v
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _relu_backward(out, g, gx):
-    """g where out > 0, else 0."""
+    """0 where out <= 0, else g: g passes where out is NaN, as PyTorch's threshold_backward."""
     of, gf, xf = out.reshape(-1), g.reshape(-1), gx.reshape(-1)
     for i in prange(of.size):
-        xf[i] = gf[i] if of[i] > 0 else 0
+        xf[i] = 0 if of[i] <= 0 else gf[i]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _max_pool_backward(gout, arg, gx, kh, kw, sy, sx):
     """Each pixel sums the gradients of the windows it won, offset by offset ((i, j) ascending; overlap-safe)."""
     n, c, oh, ow = gout.shape
@@ -188,7 +190,7 @@ def _max_pool_backward(gout, arg, gx, kh, kw, sy, sx):
                         o += uint64(1)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _max_pool_backward_tiled(gout, arg, gx, kh, kw):
     """Fast path for kernel == stride: the windows tile the input, so each pixel is written once, no zero pass."""
     n, c, oh, ow = gout.shape
@@ -209,7 +211,7 @@ def _max_pool_backward_tiled(gout, arg, gx, kh, kw):
         xf[base + uint64(oh * kh * w):base + uint64(h * w)] = 0
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def _padded_plane(xf, base, h, w, ph, pw, hp, wp, buf):
     """Plane ``xf[base:base + h*w]`` as a row-major (hp, wp) run: itself when no padding is needed, else copied
     into ``buf`` with zeros around it."""
@@ -221,7 +223,7 @@ def _padded_plane(xf, base, h, w, ph, pw, hp, wp, buf):
     return buf
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _avg_pool_forward(x, out, divisor, kh, kw, sy, sx, ph, pw, hp, wp):
     """Window sums of x (N, C, H, W), zero-padded to (hp, wp) with the image at (ph, pw), divided by divisor
     (OH, OW); one (n, c) plane per iteration, a whole output row per kernel tap (the inner loop runs along it).
@@ -253,7 +255,7 @@ def _avg_pool_forward(x, out, divisor, kh, kw, sy, sx, ph, pw, hp, wp):
                 of[o + ox] /= df[d + ox]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _avg_pool_backward(gout, gx, divisor, kh, kw, sy, sx, ph, pw, hp, wp):
     """Each pixel of gx (N, C, H, W) sums gout / divisor over the windows covering it, tap by tap ((i, j)
     ascending, as the generic kernel), in a zero-padded (hp, wp) plane per (n, c) whose interior is copied out."""
@@ -291,20 +293,6 @@ def _compiled_avg_pool_pays(x_bytes: int, kernel: tuple[int, int], stride: tuple
     return tuple(kernel) != tuple(stride) or any(padding) or x_bytes >= TILED_AVG_POOL_BYTES
 
 
-def _check_pool(kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> None:
-    """Refuse a kernel or stride below 1 or a negative padding: the compiled loops index with them unchecked."""
-    if min(kernel) < 1 or min(stride) < 1 or min(padding) < 0:
-        raise ValueError(f"pooling needs kernel and stride >= 1 and padding >= 0, got kernel {tuple(kernel)}, "
-                         f"stride {tuple(stride)} and padding {tuple(padding)}")
-
-
-def _check_window(stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]) -> None:
-    """Refuse a stride or dilation below 1 or a negative padding: the compiled loops index with them unchecked."""
-    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
-        raise ValueError(f"stride and dilation must be >= 1 and padding >= 0, got stride {tuple(stride)}, "
-                         f"padding {tuple(padding)} and dilation {tuple(dilation)}")
-
-
 def _conv_path(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, int],
                padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> str:
     """Which kernels run this convolution, forward and backward alike: "direct", "depthwise", "gemm" (one group)
@@ -316,18 +304,12 @@ def _conv_path(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple
     return "gemm" if groups == 1 else "generic"
 
 
-def _check_shape(what: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
-    """Refuse mismatched shapes here: the compiled loops do not bounds-check, so they would corrupt memory."""
-    if tuple(shape) != tuple(expected):
-        raise ValueError(f"{what} has shape {tuple(shape)}, expected {tuple(expected)}")
-
-
 # Batch-norm statistics are summed in blocks of at most this many contiguous elements, in the input's dtype (so
 # that float32 vectorises 8 wide), and the blocks are merged in float64: a float32 sum never grows long.
 _BN_BLOCK = 1024
 
 
-@njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
+@njit(parallel=PARALLEL, cache=CACHE, fastmath={"contract", "reassoc"})
 def _batch_norm_stats(x, mean, var):
     """Per-channel mean and biased variance (float64) of x (N, C, M) in one pass over memory.
 
@@ -359,7 +341,7 @@ def _batch_norm_stats(x, mean, var):
         var[ch] = m2 / count
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _batch_norm_normalize(x, shift, scale, bias, out):
     """out = (x - shift[c]) * scale[c] + bias[c] for x (N, C, M); one prange iteration per (n, c) row."""
     n, c, m = x.shape
@@ -370,7 +352,7 @@ def _batch_norm_normalize(x, shift, scale, bias, out):
             out[i, ch, j] = (x[i, ch, j] - s) * k + b
 
 
-@njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
+@njit(parallel=PARALLEL, cache=CACHE, fastmath={"contract", "reassoc"})
 def _batch_norm_grad_sums(g, x, shift, gsum, gdot):
     """Per channel: gsum = sum(g), gdot = sum(g * (x - shift)) (float64, blocks summed in x's dtype)."""
     n, c, m = x.shape
@@ -392,7 +374,7 @@ def _batch_norm_grad_sums(g, x, shift, gsum, gdot):
         gdot[ch] = b
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _batch_norm_input_grad(g, x, shift, kg, kx, k0, gx):
     """gx = g * kg[c] + (x - shift[c]) * kx[c] + k0[c] for (N, C, M) arrays; one prange iteration per row."""
     n, c, m = x.shape
@@ -432,8 +414,9 @@ class NumbaBackend(Backend):
 
     def im2col(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                dilation: tuple[int, int] = (1, 1)) -> Any:
+        validate.window_args("im2col", kernel, stride, padding, dilation)
+        validate.ndim("im2col", "x", x.shape, 4, "(N, C, H, W)")
         (kh, kw), (sy, sx), (ph, pw), (dy, dx) = kernel, stride, padding, dilation
-        _check_window(stride, padding, dilation)
         n, c, h, w = x.shape
         cols = numpy.empty((n, c, kh, kw, out_size(h, kh, sy, ph, dy), out_size(w, kw, sx, pw, dx)), dtype=x.dtype)
         _im2col(numpy.ascontiguousarray(x), cols, sy, sx, ph, pw, dy, dx)
@@ -441,9 +424,10 @@ class NumbaBackend(Backend):
 
     def col2im(self, cols: Any, x_shape: tuple[int, ...], stride: tuple[int, int], padding: tuple[int, int],
                dilation: tuple[int, int] = (1, 1)) -> Any:
+        validate.ndim("col2im", "cols", cols.shape, 6, "(N, C, KH, KW, OH, OW)")
+        validate.window_args("col2im", cols.shape[2:4], stride, padding, dilation)
         (n, c, h, w), (kh, kw), (sy, sx), (ph, pw), (dy, dx) = x_shape, cols.shape[2:4], stride, padding, dilation
-        _check_window(stride, padding, dilation)
-        _check_shape("col2im cols", cols.shape,
+        validate.shape("col2im cols", cols.shape,
                      (n, c, kh, kw, out_size(h, kh, sy, ph, dy), out_size(w, kw, sx, pw, dx)))
         img = numpy.empty(x_shape, dtype=cols.dtype)
         _col2im(numpy.ascontiguousarray(cols), img, sy, sx, ph, pw, dy, dx)
@@ -453,7 +437,8 @@ class NumbaBackend(Backend):
                          padding: tuple[int, int] = (0, 0), ceil_mode: bool = False) -> tuple[Any, Any]:
         """The compiled kernels on the input padded with the dtype's lowest value where needed (a copy; none in
         the common unpadded floor-mode case), then the generic rule that padding never wins."""
-        _check_pool(kernel, stride, padding)
+        validate.window_args("max_pool_forward", kernel, stride, padding)
+        validate.ndim("max_pool_forward", "x", x.shape, 4, "(N, C, H, W)")
         out_hw, padded_hw = kernels.pool_geometry(x.shape, kernel, stride, padding, ceil_mode)
         x = kernels.pad_for_pool(numpy, x, padding, padded_hw, kernels.max_pool_fill(x.dtype))
         shape = (*x.shape[:2], *out_hw)
@@ -467,10 +452,10 @@ class NumbaBackend(Backend):
     def max_pool_backward(self, gout: Any, argmax: Any, x_shape: tuple[int, ...], kernel: tuple[int, int],
                           stride: tuple[int, int], padding: tuple[int, int] = (0, 0),
                           ceil_mode: bool = False) -> Any:
-        _check_pool(kernel, stride, padding)
+        validate.window_args("max_pool_backward", kernel, stride, padding)
         out_hw, padded_hw = kernels.pool_geometry(x_shape, kernel, stride, padding, ceil_mode)
-        _check_shape("max-pool gradient", gout.shape, (*x_shape[:2], *out_hw))
-        _check_shape("max-pool argmax", argmax.shape, gout.shape)
+        validate.shape("max-pool gradient", gout.shape, (*x_shape[:2], *out_hw))
+        validate.shape("max-pool argmax", argmax.shape, gout.shape)
         gx = numpy.empty((*x_shape[:2], *padded_hw), dtype=gout.dtype)
         gout, argmax = numpy.ascontiguousarray(gout), numpy.ascontiguousarray(argmax)
         if kernel == stride:
@@ -481,7 +466,8 @@ class NumbaBackend(Backend):
 
     def avg_pool_forward(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                          ceil_mode: bool, count_include_pad: bool, divisor_override: int | None) -> Any:
-        _check_pool(kernel, stride, padding)
+        validate.window_args("avg_pool_forward", kernel, stride, padding)
+        validate.ndim("avg_pool_forward", "x", x.shape, 4, "(N, C, H, W)")
         if not _compiled_avg_pool_pays(x.nbytes, kernel, stride, padding):
             return super().avg_pool_forward(x, kernel, stride, padding, ceil_mode, count_include_pad,
                                             divisor_override)
@@ -495,9 +481,9 @@ class NumbaBackend(Backend):
     def avg_pool_backward(self, gout: Any, x_shape: tuple[int, ...], kernel: tuple[int, int],
                           stride: tuple[int, int], padding: tuple[int, int], ceil_mode: bool,
                           count_include_pad: bool, divisor_override: int | None) -> Any:
-        _check_pool(kernel, stride, padding)
+        validate.window_args("avg_pool_backward", kernel, stride, padding)
         out_hw, padded_hw = kernels.pool_geometry(x_shape, kernel, stride, padding, ceil_mode)
-        _check_shape("avg-pool gradient", gout.shape, (*x_shape[:2], *out_hw))
+        validate.shape("avg-pool gradient", gout.shape, (*x_shape[:2], *out_hw))
         if not _compiled_avg_pool_pays(math.prod(x_shape) * gout.itemsize, kernel, stride, padding):
             return super().avg_pool_backward(gout, x_shape, kernel, stride, padding, ceil_mode, count_include_pad,
                                              divisor_override)
@@ -523,7 +509,7 @@ class NumbaBackend(Backend):
         return out
 
     def relu_backward(self, out: Any, g: Any) -> Any:
-        _check_shape("relu gradient", g.shape, out.shape)
+        validate.shape("relu gradient", g.shape, out.shape)
         g = numpy.ascontiguousarray(g)
         gx = numpy.empty_like(g)
         _relu_backward(numpy.ascontiguousarray(out), g, gx)
@@ -535,6 +521,9 @@ class NumbaBackend(Backend):
         (``numba_depthwise``), both with the input as residual; else, for one group, one GEMM over the whole
         batch (``numba_conv.gemm_forward``), and the generic im2col + batched matmul for other groupings; the
         residual of both is the columns."""
+        validate.conv_args("conv2d_forward", x.shape, w.shape, None if b is None else b.shape, stride, padding,
+                           dilation, groups)
+        validate.same_dtype("conv2d_forward", "x", x.dtype, w=w, b=b)
         path = _conv_path(x.shape, w.shape, stride, padding, dilation, groups)
         if path == "direct":
             x = numpy.ascontiguousarray(x)
@@ -549,6 +538,10 @@ class NumbaBackend(Backend):
     def conv2d_backward(self, residual: Any, w: Any, g: Any, x_shape: tuple[int, ...], stride: tuple[int, int],
                         padding: tuple[int, int], dilation: tuple[int, int], groups: int,
                         needs: tuple[bool, bool, bool]) -> tuple[Any, Any, Any]:
+        validate.conv_args("conv2d_backward", x_shape, w.shape, None, stride, padding, dilation, groups)
+        validate.shape("conv2d_backward g", g.shape, validate.conv_out_shape(x_shape, w.shape, stride, padding,
+                                                                               dilation))
+        validate.same_dtype("conv2d_backward", "w", w.dtype, g=g)
         path = _conv_path(x_shape, w.shape, stride, padding, dilation, groups)
         if path == "depthwise":
             return self._depthwise_backward(residual, w, g, x_shape, stride, padding, dilation, needs)
@@ -582,7 +575,7 @@ class NumbaBackend(Backend):
         c = x3.shape[1]
         for what, v in (("weight", weight), ("bias", bias)):
             if v is not None:
-                _check_shape(f"batch-norm {what}", v.shape, (c,))
+                validate.shape(f"batch-norm {what}", v.shape, (c,))
         mean, var = numpy.empty(c), numpy.empty(c)
         _batch_norm_stats(x3, mean, var)
         invstd = 1 / numpy.sqrt(var + eps)
@@ -597,7 +590,7 @@ class NumbaBackend(Backend):
         """One fused pass for the two per-channel sums, one for gx = g * kg + (x - mean) * kx + k0."""
         x3, x_shape, mean, invstd, weight = residual
         need_x, need_w, need_b = needs
-        _check_shape("batch-norm gradient", g.shape, x_shape)
+        validate.shape("batch-norm gradient", g.shape, x_shape)
         g3 = numpy.ascontiguousarray(g, dtype=x3.dtype).reshape(x3.shape)
         c, count = x3.shape[1], x3.shape[0] * x3.shape[2]
         gsum, gdot = numpy.empty(c), numpy.empty(c)

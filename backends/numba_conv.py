@@ -31,6 +31,8 @@ from typing import Any
 import numpy
 from numba import njit, prange, uint64
 
+from xpnet import validate
+from xpnet.backends.numba_jit import CACHE, PARALLEL
 from xpnet.kernels import out_size
 
 TAPS_PER_PASS, CHANNELS_PER_PASS = 4, 2
@@ -74,7 +76,7 @@ def _tap_weights(w: Any) -> numpy.ndarray:
     return padded
 
 
-@njit(cache=True, inline="always")
+@njit(cache=CACHE, inline="always")
 def _padded_sample(x, s, ph, pw, tail):
     """Sample ``s`` of x (N, C, H, W) as one flat zero-padded (C, H+2ph, W+2pw) stack plus ``tail`` zeros."""
     _, c, h, w = x.shape
@@ -91,7 +93,7 @@ def _padded_sample(x, s, ph, pw, tail):
     return buf
 
 
-@njit(parallel=True, cache=True, fastmath={"contract"})
+@njit(parallel=PARALLEL, cache=CACHE, fastmath={"contract"})
 def _conv_forward(x, weights, bias, taps, out, ph, pw, kw):
     """out[s, o] = bias[o] + sum over taps q of weights[o, q] * (padded x[s])[taps[q] + long-row position]."""
     n, _, h, w = x.shape
@@ -127,7 +129,7 @@ def _conv_forward(x, weights, bias, taps, out, ph, pw, kw):
                             of[d + k] = acc[src + k]
 
 
-@njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
+@njit(parallel=PARALLEL, cache=CACHE, fastmath={"contract", "reassoc"})
 def _conv_weight_grad(x, g, taps, ntaps, gw_part, gb_part, ph, pw, kw):
     """gw_part[s, o, q] = sum of g[s, o] * (padded x[s])[taps[q] + ...] over the long row; gb_part[s, o] = sum g[s, o].
 
@@ -215,7 +217,7 @@ def conv_param_grads(x: numpy.ndarray, g: numpy.ndarray, w_shape: tuple[int, ...
 
 # --- one large GEMM per layer, for the convolutions the direct kernels do not take -------------------------------
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _im2col_rows(x, cols, kh, kw, sy, sx, ph, pw, dy, dx, oh, ow):
     """cols (C*KH*KW, N*OH*OW): row (c, i, j) holds tap (i, j) of channel c for every output pixel of every
     sample, zero where the window reaches the padding. One row per prange iteration (contiguous writes)."""
@@ -250,7 +252,7 @@ def _im2col_rows(x, cols, kh, kw, sy, sx, ph, pw, dy, dx, oh, ow):
                     cf[d + ox] = 0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _col2im_rows(cols, img, kh, kw, sy, sx, ph, pw, dy, dx, oh, ow):
     """The adjoint of ``_im2col_rows``: each pixel of img (N, C, H, W) sums the entries of cols (C*KH*KW,
     N*OH*OW) that read it. One (n, c) plane per prange iteration, summed in a zero-padded plane tap by tap
@@ -279,7 +281,7 @@ def _col2im_rows(cols, img, kh, kw, sy, sx, ph, pw, dy, dx, oh, ow):
             imf[(p * h + y) * w:(p * h + y + 1) * w] = buf[(y + ph) * wp + pw:(y + ph) * wp + pw + w]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _rows_to_batch(rows, bias, out):
     """out (N, OC, L) = rows (OC, N*L) regrouped by sample, plus bias (OC,)."""
     n, oc, length = out.shape
@@ -291,7 +293,7 @@ def _rows_to_batch(rows, bias, out):
             of[dst + k] = rf[src + k] + b
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=CACHE)
 def _batch_to_rows(g, rows):
     """rows (OC, N*L) = g (N, OC, L) with the samples side by side: the GEMM operand of the gradients."""
     n, oc, length = g.shape
@@ -303,18 +305,11 @@ def _batch_to_rows(g, rows):
             rf[dst + k] = gf[src + k]
 
 
-def _check_window(stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]) -> None:
-    """Refuse a stride or dilation below 1 or a negative padding: the compiled loops index with them unchecked."""
-    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
-        raise ValueError(f"stride and dilation must be >= 1 and padding >= 0, got stride {tuple(stride)}, "
-                         f"padding {tuple(padding)} and dilation {tuple(dilation)}")
-
-
 def im2col_rows(x: numpy.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                 dilation: tuple[int, int]) -> numpy.ndarray:
     """The windows of x (N, C, H, W) as one (C*KH*KW, N*OH*OW) matrix: a column per output pixel of every sample,
     rows in the weight's (c, i, j) order, so a convolution is one GEMM ``W (OC, C*KH*KW) @ cols``."""
-    _check_window(stride, padding, dilation)
+    validate.window_args("im2col_rows", kernel, stride, padding, dilation)
     n, c, h, w = x.shape
     (kh, kw), (sy, sx), (ph, pw), (dy, dx) = kernel, stride, padding, dilation
     oh, ow = out_size(h, kh, sy, ph, dy), out_size(w, kw, sx, pw, dx)
@@ -326,7 +321,7 @@ def im2col_rows(x: numpy.ndarray, kernel: tuple[int, int], stride: tuple[int, in
 def col2im_rows(cols: numpy.ndarray, x_shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
                 padding: tuple[int, int], dilation: tuple[int, int]) -> numpy.ndarray:
     """The adjoint of ``im2col_rows``: (C*KH*KW, N*OH*OW) columns summed back onto an (N, C, H, W) image."""
-    _check_window(stride, padding, dilation)
+    validate.window_args("col2im_rows", kernel, stride, padding, dilation)
     n, c, h, w = x_shape
     (kh, kw), (sy, sx), (ph, pw), (dy, dx) = kernel, stride, padding, dilation
     oh, ow = out_size(h, kh, sy, ph, dy), out_size(w, kw, sx, pw, dx)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy
 from numba import njit, prange, uint64
 
+from xpnet import validate
+from xpnet.backends.numba_jit import CACHE, PARALLEL
 from xpnet.kernels import out_size
 
 
@@ -30,7 +32,7 @@ def depthwise_pays(x_shape: tuple[int, ...], groups: int) -> bool:
     return groups == x_shape[1] > 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=CACHE, inline="always")
 def _padded_plane(xf, start, h, w, ph, pw, tail):
     """The h x w plane at flat offset ``start`` of ``xf`` as a flat zero-padded (h + 2ph) x (w + 2pw) buffer,
     plus ``tail`` zeros (the last long-row taps read that far past it)."""
@@ -44,7 +46,7 @@ def _padded_plane(xf, start, h, w, ph, pw, tail):
     return buf
 
 
-@njit(cache=True, inline="always")
+@njit(cache=CACHE, inline="always")
 def _long_rows(gf, start, oh, ow, wp):
     """The oh x ow plane at flat offset ``start`` of ``gf`` laid out in rows of ``wp``, zero past each row's end."""
     rows = numpy.zeros(oh * wp, dtype=gf.dtype)
@@ -56,7 +58,7 @@ def _long_rows(gf, start, oh, ow, wp):
     return rows
 
 
-@njit(parallel=True, cache=True, fastmath={"contract"})
+@njit(parallel=PARALLEL, cache=CACHE, fastmath={"contract"})
 def _forward_unit_stride(x, w, bias, out, ph, pw, dy, dx):
     """out[s, o] = bias[o] + sum over taps (i, j) of w[o, 0, i, j] * (padded x[s, o // multiplier]) at the tap,
     along long rows (stride 1)."""
@@ -85,7 +87,7 @@ def _forward_unit_stride(x, w, bias, out, ph, pw, dy, dx):
                 of[d + k] = acc[src + k]
 
 
-@njit(parallel=True, cache=True, fastmath={"contract"})
+@njit(parallel=PARALLEL, cache=CACHE, fastmath={"contract"})
 def _forward_strided(x, w, bias, out, sy, sx, ph, pw, dy, dx):
     """``_forward_unit_stride`` for any stride, one output row at a time."""
     n, c, h, wd = x.shape
@@ -109,7 +111,7 @@ def _forward_strided(x, w, bias, out, sy, sx, ph, pw, dy, dx):
                         of[d + ox] += wv * buf[src + ox * usx]
 
 
-@njit(parallel=True, cache=True, fastmath={"contract"})
+@njit(parallel=PARALLEL, cache=CACHE, fastmath={"contract"})
 def _input_grad_unit_stride(g, w, gx, ph, pw, dy, dx):
     """gx[s, c], the adjoint of the forward: each output plane o of channel c adds w[o, 0, i, j] * g[s, o] onto
     the padded pixels tap (i, j) read, along long rows (stride 1); then the padding is cropped off."""
@@ -136,7 +138,7 @@ def _input_grad_unit_stride(g, w, gx, ph, pw, dy, dx):
                 xf[d + k] = buf[src + k]
 
 
-@njit(parallel=True, cache=True, fastmath={"contract"})
+@njit(parallel=PARALLEL, cache=CACHE, fastmath={"contract"})
 def _input_grad_strided(g, w, gx, sy, sx, ph, pw, dy, dx):
     """``_input_grad_unit_stride`` for any stride, one output row at a time."""
     n, oc, oh, ow = g.shape
@@ -164,7 +166,7 @@ def _input_grad_strided(g, w, gx, sy, sx, ph, pw, dy, dx):
                 xf[d + k] = buf[src + k]
 
 
-@njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
+@njit(parallel=PARALLEL, cache=CACHE, fastmath={"contract", "reassoc"})
 def _param_grads_unit_stride(x, g, gw_part, gb_part, ph, pw, dy, dx):
     """gw_part[s, o, i, j] = <g[s, o], (padded x[s, o // multiplier]) read by tap (i, j)>; gb_part[s, o] = sum g[s, o];
     along long rows (stride 1).
@@ -194,7 +196,7 @@ def _param_grads_unit_stride(x, g, gw_part, gb_part, ph, pw, dy, dx):
                 gw_part[s, o, i, j] = acc
 
 
-@njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
+@njit(parallel=PARALLEL, cache=CACHE, fastmath={"contract", "reassoc"})
 def _param_grads_strided(x, g, gw_part, gb_part, sy, sx, ph, pw, dy, dx):
     """``_param_grads_unit_stride`` for any stride, one output row at a time."""
     n, c, h, wd = x.shape
@@ -224,15 +226,15 @@ def _param_grads_strided(x, g, gw_part, gb_part, sy, sx, ph, pw, dy, dx):
 def _output_shape(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, int],
                   padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int, int, int]:
     """(N, OC, OH, OW), after refusing what the unchecked loops would misread: anything but one input channel
-    per group, a stride or dilation below 1, a negative padding."""
+    per group, a kernel that does not fit, a kernel, stride or dilation below 1, a negative padding."""
     if len(x_shape) != 4 or len(w_shape) != 4:
         raise ValueError(f"depthwise convolution needs 4-D input and weight, got {tuple(x_shape)} and {tuple(w_shape)}")
     n, c, h, wd = x_shape
     oc, c_group, kh, kw = w_shape
-    if c_group != 1 or oc % c or min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+    if c_group != 1 or c < 1 or oc % c:
         raise ValueError(f"depthwise convolution needs weight (multiplier * C, 1, KH, KW) for input {tuple(x_shape)}, "
-                         f"stride and dilation >= 1 and padding >= 0; got weight {tuple(w_shape)}, stride "
-                         f"{tuple(stride)}, padding {tuple(padding)}, dilation {tuple(dilation)}")
+                         f"got weight {tuple(w_shape)}")
+    validate.window_args("depthwise convolution", (kh, kw), stride, padding, dilation)
     return (n, oc, out_size(h, kh, stride[0], padding[0], dilation[0]),
             out_size(wd, kw, stride[1], padding[1], dilation[1]))
 

@@ -133,13 +133,19 @@ def test_max_pool_overlapping_windows_sum_gradients(nb, dtype):
     _check_pool(nb, np.random.default_rng(3).integers(0, 3, size=(3, 4, 11, 10)).astype(dtype), (3, 3), (2, 2))
 
 
-def test_max_pool_nan_wins_like_argmax(nb):
-    """A NaN is the maximum of its window and the first NaN is the argmax, as ``np.argmax`` rules."""
+@pytest.mark.parametrize("kernel", [(2, 2), (2, 3)])  # the branch-free 2x2 kernel and the general one
+def test_max_pool_nan_wins_and_the_last_nan_is_the_argmax(nb, kernel):
+    """A NaN is the maximum of its window and the last NaN is the argmax (PyTorch's CPU rule); elsewhere the
+    first maximum, as ``np.argmax``."""
     x = np.random.default_rng(4).standard_normal((1, 2, 6, 6))
     x[0, 0, 1, 1] = x[0, 1, 0, 1] = x[0, 1, 1, 0] = np.nan
-    out, argmax = nb.max_pool_forward(x, (2, 2), (2, 2))
-    windows = x.reshape(1, 2, 3, 2, 3, 2).transpose(0, 1, 2, 4, 3, 5).reshape(1, 2, 3, 3, 4)
-    np.testing.assert_array_equal(argmax, windows.argmax(axis=-1))
+    out, argmax = nb.max_pool_forward(x, kernel, kernel)
+    (kh, kw), (oh, ow) = kernel, (6 // kernel[0], 6 // kernel[1])
+    windows = x.reshape(1, 2, oh, kh, ow, kw).transpose(0, 1, 2, 4, 3, 5).reshape(1, 2, oh, ow, kh * kw)
+    last_nan = kh * kw - 1 - np.isnan(windows[..., ::-1]).argmax(axis=-1)
+    expected = np.where(np.isnan(windows).any(axis=-1), last_nan, windows.argmax(axis=-1))
+    assert (expected != windows.argmax(axis=-1)).any()  # the window holding two NaNs tells the rules apart
+    np.testing.assert_array_equal(argmax, expected)
     np.testing.assert_array_equal(out, windows.max(axis=-1))
 
 

@@ -204,9 +204,9 @@ def test_im2col_rows_reads_a_non_contiguous_float32_input():
 
 
 def test_rows_kernels_refuse_what_they_would_misread():
-    with pytest.raises(ValueError, match="stride and dilation must be >= 1 and padding >= 0"):
+    with pytest.raises(ValueError, match="im2col_rows: stride must be an int >= 1"):
         numba_conv.im2col_rows(np.zeros((1, 1, 5, 5)), (2, 2), (0, 1), (0, 0), (1, 1))
-    with pytest.raises(ValueError, match="stride and dilation must be >= 1 and padding >= 0"):
+    with pytest.raises(ValueError, match="col2im_rows: padding must be an int >= 0"):
         numba_conv.col2im_rows(np.zeros((4, 16)), (1, 1, 5, 5), (2, 2), (1, 1), (-1, 0), (1, 1))
     with pytest.raises(ValueError, match=r"cols has shape \(4, 15\), expected \(4, 16\)"):
         numba_conv.col2im_rows(np.zeros((4, 15)), (1, 1, 5, 5), (2, 2), (1, 1), (0, 0), (1, 1))
@@ -258,9 +258,9 @@ def test_dilated_im2col_and_col2im_are_the_generic_kernels_bit_for_bit(nb, shape
 @pytest.mark.parametrize("stride, padding, dilation", [((0, 1), (0, 0), (1, 1)), ((1, 1), (-1, 0), (1, 1)),
                                                        ((1, 1), (0, 0), (1, 0))])
 def test_im2col_and_col2im_refuse_what_the_loops_would_misread(nb, stride, padding, dilation):
-    with pytest.raises(ValueError, match="stride and dilation must be >= 1 and padding >= 0"):
+    with pytest.raises(ValueError, match=r"im2col: (stride|padding|dilation) must be an int >= [01]"):
         nb.im2col(np.zeros((1, 1, 5, 5)), (2, 2), stride, padding, dilation)
-    with pytest.raises(ValueError, match="stride and dilation must be >= 1 and padding >= 0"):
+    with pytest.raises(ValueError, match=r"col2im: (stride|padding|dilation) must be an int >= [01]"):
         nb.col2im(np.zeros((1, 1, 2, 2, 4, 4)), (1, 1, 5, 5), stride, padding, dilation)
 
 
@@ -323,7 +323,7 @@ def test_depthwise_kernels_refuse_what_they_would_misread():
         numba_depthwise.depthwise_forward(x, np.zeros((4, 1, 3, 3)), None, (1, 1), (1, 1), (1, 1))
     with pytest.raises(ValueError, match=r"bias has shape \(2,\), expected \(3,\)"):
         numba_depthwise.depthwise_forward(x, np.zeros((3, 1, 3, 3)), np.zeros(2), (1, 1), (1, 1), (1, 1))
-    with pytest.raises(ValueError, match="stride and dilation >= 1"):
+    with pytest.raises(ValueError, match="depthwise convolution: dilation must be an int >= 1"):
         numba_depthwise.depthwise_forward(x, np.zeros((3, 1, 3, 3)), None, (1, 1), (1, 1), (0, 1))
     with pytest.raises(ValueError, match=r"gradient has shape \(2, 3, 6, 6\), expected \(2, 3, 4, 4\)"):
         numba_depthwise.depthwise_input_grad(g, np.zeros((3, 1, 3, 3)), x.shape, (1, 1), (0, 0), (1, 1))

@@ -44,7 +44,7 @@ def windows(x_shape, kernel, stride, padding, ceil_mode):
 
 def naive_max_pool(x, kernel, stride, padding, ceil_mode):
     """Output and argmax (flat in-window index) by loops: the first maximum among real pixels wins, a NaN beats
-    numbers and the first NaN wins."""
+    numbers and earlier NaNs (the last NaN wins), as PyTorch's CPU kernel."""
     n, c, h, w = x.shape
     rows, cols = windows(x.shape, kernel, stride, padding, ceil_mode)
     out = np.empty((n, c, len(rows), len(cols)), x.dtype)
@@ -60,7 +60,7 @@ def naive_max_pool(x, kernel, stride, padding, ceil_mode):
                             if not (0 <= y < h and 0 <= xx < w):
                                 continue
                             v = x[a, b, y, xx]
-                            if best is None or v > best or (np.isnan(v) and not np.isnan(best)):
+                            if best is None or v > best or np.isnan(v):
                                 best, index = v, i * kernel[1] + j
                     out[a, b, oy, ox], arg[a, b, oy, ox] = best, index
     return out, arg
@@ -314,9 +314,9 @@ def test_numba_kernels_refuse_what_they_cannot_index():
     pytest.importorskip("numba", reason="the numba backend needs numba")
     nb = xpnet.get_backend("numba")
     x = np.zeros((1, 2, 6, 6))
-    with pytest.raises(ValueError, match="kernel and stride >= 1"):
+    with pytest.raises(ValueError, match="avg_pool_forward: kernel_size must be an int >= 1"):
         nb.avg_pool_forward(x, (0, 2), (2, 2), (0, 0), False, True, None)
-    with pytest.raises(ValueError, match="kernel and stride >= 1"):
+    with pytest.raises(ValueError, match="max_pool_forward: padding must be an int >= 0"):
         nb.max_pool_forward(x, (2, 2), (2, 2), (-1, 0))
     with pytest.raises(ValueError, match="avg-pool gradient"):
         nb.avg_pool_backward(np.zeros((1, 2, 2, 3)), x.shape, (2, 2), (2, 2), (0, 0), False, True, None)

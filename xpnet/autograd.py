@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from xpnet import validate
 from xpnet.backend import get_backend
 
 _default_dtype = np.dtype(np.float32)
@@ -123,7 +124,7 @@ class Tensor:
             if self.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar, got shape {self.shape}")
             grad = xp.ones_like(self.data)
-        grads: dict[int, Any] = {id(self): grad.data if isinstance(grad, Tensor) else grad}
+        grads: dict[int, Any] = {id(self): _output_grad(grad, self)}
         for node in reversed(_topological_order(self)):
             g = grads.pop(id(node), None)
             if g is None:
@@ -131,9 +132,7 @@ class Tensor:
             if node._fn is None:
                 node.grad = g if node.grad is None else node.grad + g
                 continue
-            input_grads = node._fn.backward(node._ctx, g)
-            if not isinstance(input_grads, tuple):
-                input_grads = (input_grads,)
+            input_grads = _checked_input_grads(node, node._fn.backward(node._ctx, g))
             for parent, pg in zip(node._inputs, input_grads):
                 if pg is None or not parent.requires_grad:
                     continue
@@ -179,6 +178,36 @@ class Tensor:
     def relu(self) -> Tensor: return ReLU.apply(self)
     def sigmoid(self) -> Tensor: return Sigmoid.apply(self)
     def tanh(self) -> Tensor: return Tanh.apply(self)
+
+
+def _output_grad(grad: Any, out: Tensor) -> Any:
+    """The gradient given to ``backward(grad)`` as an array of ``out``'s shape and dtype, as PyTorch takes it
+    (cast, never broadcast): a wrong shape would broadcast silently or be misread by a compiled kernel."""
+    data = grad.data if isinstance(grad, Tensor) else grad
+    if not get_backend().is_array(data):
+        data = get_backend().asarray(data)
+    validate.gradient("backward", "grad", data, out.shape)
+    return data if data.dtype == out.dtype else data.astype(out.dtype)
+
+
+def _checked_input_grads(node: Tensor, input_grads: Any) -> list:
+    """A Function's backward result as one gradient (or None) per input, each of its input's shape (a defensive
+    check naming the Function: a wrong shape would broadcast silently into a leaf's ``.grad``) and dtype (cast, as
+    PyTorch does, so a gradient's dtype never depends on how a backend promotes)."""
+    grads = list(input_grads) if isinstance(input_grads, tuple) else [input_grads]
+    name = node._fn.__name__  # type: ignore[union-attr]
+    if len(grads) != len(node._inputs):
+        raise RuntimeError(f"{name}.backward returned {len(grads)} gradients, expected {len(node._inputs)} "
+                           f"(one per input)")
+    for index, (parent, pg) in enumerate(zip(node._inputs, grads)):
+        if pg is None or not parent.requires_grad:
+            continue
+        if tuple(pg.shape) != parent.shape:
+            raise RuntimeError(f"{name}.backward returned a gradient of shape {tuple(pg.shape)} for input {index}, "
+                               f"expected {parent.shape} (that input's shape)")
+        if pg.dtype != parent.dtype:
+            grads[index] = pg.astype(parent.dtype)
+    return grads
 
 
 def _raise_item(shape: tuple) -> float:

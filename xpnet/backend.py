@@ -29,7 +29,8 @@ _BUILTIN = {
 }
 _INSTALL_HINTS = {
     "numba": "pip install 'xpnet[numba]'  (or: pip install numba)",
-    "cupy": "pip install 'xpnet[cuda12]'  (or: pip install cupy-cuda12x) and a machine with a CUDA GPU",
+    "cupy": "pip install 'xpnet[cuda12]' for CUDA 12 or 'xpnet[cuda13]' for CUDA 13  (or: pip install cupy-cuda12x "
+            "/ cupy-cuda13x) and a machine with a CUDA GPU",
 }
 
 
@@ -50,8 +51,9 @@ CONTRACT: dict[str, str] = {
               "`(oy, ox)` is padded pixel `(oy * sy + i * dy, ox * sx + j * dx)`; sizes as `xpnet.kernels.out_size`",
     "col2im": "the exact adjoint of im2col: an `x_shape` image whose every pixel sums the column entries covering it",
     "max_pool_forward": "`(out, argmax)`: each window's maximum and its flat in-window index (int64, row-major over "
-                        "KH, KW); the first maximum wins, as in PyTorch, and padding or the ceil-mode overhang never "
-                        "wins; sizes as `xpnet.kernels.pool_out_size`",
+                        "KH, KW); the first maximum wins, as in PyTorch, but a NaN beats numbers and earlier NaNs "
+                        "(PyTorch's rule), and padding or the ceil-mode overhang never wins; sizes as "
+                        "`xpnet.kernels.pool_out_size`",
     "max_pool_backward": "gx of `x_shape`: each window's gradient added to its argmax pixel, summed where windows "
                          "overlap",
     "avg_pool_forward": "each window's sum over the zero-padded input divided by `xpnet.kernels.avg_pool_divisor`; "
@@ -59,7 +61,7 @@ CONTRACT: dict[str, str] = {
     "avg_pool_backward": "gx of `x_shape`, the adjoint of avg_pool_forward: each window's gradient over its divisor, "
                          "added to every pixel of the window",
     "relu_forward": "`max(x, 0)`; NaN stays NaN",
-    "relu_backward": "`g` where `out > 0`, else 0",
+    "relu_backward": "0 where `out <= 0`, else `g` (so `g` passes where out is NaN, as in PyTorch)",
     "conv2d_forward": "`(out, residual)`: x `(N, C, H, W)`, w `(OC, C / groups, KH, KW)`, b `(OC,)` or None, "
                       "symmetric zero padding, arguments checked by `xpnet.functional.conv2d`; out `(N, OC, OH, "
                       "OW)`; residual is whatever this backend's conv2d_backward needs (generic: the im2col columns)",
@@ -136,7 +138,7 @@ class Backend:
         return self.xp.maximum(x, 0)
 
     def relu_backward(self, out: Any, g: Any) -> Any:
-        return g * (out > 0)
+        return self.xp.where(out <= 0, self.xp.zeros((), dtype=g.dtype), g)  # g's dtype on CuPy too
 
     def conv2d_forward(self, x: Any, w: Any, b: Any, stride: tuple[int, int], padding: tuple[int, int],
                        dilation: tuple[int, int], groups: int) -> tuple[Any, Any]:

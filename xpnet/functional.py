@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from xpnet import random, special
+from xpnet import random, special, validate
 from xpnet.autograd import Context, Function, Tensor
 from xpnet.backend import get_backend
 
@@ -25,10 +25,7 @@ Padding = int | tuple[int, int] | str
 
 def _conv_pair(v: IntPair, name: str, minimum: int) -> tuple[int, int]:
     """A convolution setting given as an int or a pair, as a pair of ints each at least ``minimum``."""
-    pair = (v, v) if isinstance(v, int) else tuple(v) if isinstance(v, (tuple, list)) else ()
-    if len(pair) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) and i >= minimum for i in pair):
-        raise ValueError(f"conv2d: {name} must be an int >= {minimum} or a pair of them, got {v!r}")
-    return pair  # type: ignore[return-value]
+    return validate.int_pair("conv2d", name, v, minimum)
 
 
 def conv_padding(padding: Padding, kernel: tuple[int, int], stride: tuple[int, int],
@@ -58,36 +55,15 @@ def _conv_kernel(w_shape: tuple[int, ...]) -> tuple[int, int]:
     return w_shape[2], w_shape[3]
 
 
-def _check_conv(x_shape: tuple[int, ...], w_shape: tuple[int, ...], b_shape: tuple[int, ...] | None,
-                padding: tuple[int, int], pad_end: tuple[int, int], dilation: tuple[int, int], groups: int) -> None:
-    """Refuse shapes that do not make a convolution, naming the argument at fault."""
-    if len(x_shape) != 4:
-        raise ValueError(f"conv2d: input must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
-    kernel = _conv_kernel(w_shape)
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
-    oc, c_group = w_shape[0], w_shape[1]
-    if oc % groups:
-        raise ValueError(f"conv2d: weight.shape[0] (out_channels {oc}) must be divisible by groups ({groups})")
-    if x_shape[1] != c_group * groups:
-        raise ValueError(f"conv2d: input has {x_shape[1]} channels, but weight.shape[1] * groups = {c_group} * "
-                         f"{groups} = {c_group * groups}")
-    if b_shape is not None and tuple(b_shape) != (oc,):
-        raise ValueError(f"conv2d: bias must have shape ({oc},), got {tuple(b_shape)}")
-    for axis, size, k, p, e, d in zip(("height", "width"), x_shape[2:], kernel, padding, pad_end, dilation):
-        span = d * (k - 1) + 1
-        if span > size + 2 * p + e:
-            raise ValueError(f"conv2d: kernel_size {kernel} with dilation {tuple(dilation)} spans {span} along the "
-                             f"{axis}, more than the padded input's {size + 2 * p + e}")
-
-
 class Conv2d(Function):
     """2-D convolution with ``padding`` zeros on each side and ``pad_end`` more at the bottom and right (PyTorch's
     "same" for an even kernel span): those are an explicit pad of the input, cropped off its gradient."""
 
     @staticmethod
     def forward(ctx: Context, x, w, b, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, pad_end=(0, 0)):
-        _check_conv(x.shape, w.shape, None if b is None else b.shape, padding, pad_end, dilation, groups)
+        validate.conv_args("conv2d", x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation,
+                           groups, pad_end)
+        validate.same_dtype("conv2d", "input", x.dtype, weight=w, bias=b)
         backend = get_backend()
         ctx.input_hw = x.shape[2:]
         if any(pad_end):
@@ -122,11 +98,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: In
 
 def _pool_pair(v: IntPair, name: str, fn: str, minimum: int) -> tuple[int, int]:
     """A pooling setting given as an int, a 1-tuple or a pair (as PyTorch takes them), as a pair of ints."""
-    pair = (v, v) if isinstance(v, int) else tuple(v) if isinstance(v, (tuple, list)) else ()
-    pair = pair * 2 if len(pair) == 1 else pair
-    if len(pair) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) and i >= minimum for i in pair):
-        raise ValueError(f"{fn}: {name} must be an int >= {minimum} or a pair of them, got {v!r}")
-    return pair  # type: ignore[return-value]
+    return validate.int_pair(fn, name, v, minimum, single=True)
 
 
 def _pool_window(fn: str, kernel_size: IntPair, stride: IntPair | None,
@@ -138,6 +110,14 @@ def _pool_window(fn: str, kernel_size: IntPair, stride: IntPair | None,
     if pads[0] > kernel[0] // 2 or pads[1] > kernel[1] // 2:
         raise ValueError(f"{fn}: padding {pads} must be at most half of kernel_size {kernel}")
     return kernel, stride, pads
+
+
+def _check_pool(fn: str, x_shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
+                padding: tuple[int, int]) -> None:
+    """Refuse pooling settings or an input the window loops cannot take (whether the windows fit the input, which
+    depends on ``ceil_mode``, is ``xpnet.kernels.pool_out_size``'s check)."""
+    validate.ndim(fn, "input", x_shape, 4, "(N, C, H, W)")
+    validate.window_args(fn, kernel, stride, padding)
 
 
 def _batched(x: Tensor, fn: str) -> Tensor:
@@ -159,6 +139,7 @@ class MaxPool2d(Function):
 
     @staticmethod
     def forward(ctx: Context, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0), ceil_mode=False):
+        _check_pool("max_pool2d", x.shape, kernel, stride, padding)
         out, argmax = get_backend().max_pool_forward(x, kernel, stride, padding, ceil_mode)
         ctx.save_for_backward(argmax)
         ctx.options = (x.shape, kernel, stride, padding, ceil_mode)
@@ -198,6 +179,7 @@ class AvgPool2d(Function):
     @staticmethod
     def forward(ctx: Context, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0), ceil_mode=False,
                 count_include_pad=True, divisor_override=None):
+        _check_pool("avg_pool2d", x.shape, kernel, stride, padding)
         ctx.options = (x.shape, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
         return get_backend().avg_pool_forward(x, *ctx.options[1:])
 
@@ -322,8 +304,11 @@ def adaptive_avg_pool2d(input: Tensor, output_size: Any) -> Tensor:  # noqa: A00
 class Linear(Function):
     @staticmethod
     def forward(ctx: Context, x, w, b):
-        if x.ndim < 1 or x.shape[-1] != w.shape[1]:
-            raise ValueError(f"linear expects input (*, {w.shape[1]}) for weight {w.shape}, got input {x.shape}")
+        if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[1]:
+            raise ValueError(f"linear expects input (*, {w.shape[-1]}) for weight {w.shape}, got input {x.shape}")
+        if b is not None:
+            validate.shape("linear: bias", b.shape, w.shape[:1])
+        validate.same_dtype("linear", "input", x.dtype, weight=w, bias=b)
         ctx.save_for_backward(x, w)
         out = x @ w.T
         if b is not None:
@@ -675,19 +660,14 @@ def _class_targets(fn: str, input_shape: tuple[int, ...], target: Any, ignore_in
     ``ignore_index``), checked here with one host sync."""
     backend = get_backend()
     labels = target.data if isinstance(target, Tensor) else backend.asarray(target)
-    if np.dtype(labels.dtype).kind not in "iu":
-        raise TypeError(f"{fn}: target must hold integer class indices, got dtype {labels.dtype} (class "
-                        f"probabilities as targets are not supported)")
+    validate.class_index_dtype(fn, labels.dtype)
     expected = () if len(input_shape) == 1 else (input_shape[0], *input_shape[2:])
     if tuple(labels.shape) != expected:
         raise ValueError(f"{fn}: target of shape {tuple(labels.shape)} does not fit input of shape {input_shape}; "
                          f"expected {expected}")
     n_classes = input_shape[0] if len(input_shape) == 1 else input_shape[1]
     labels = labels.reshape(-1).astype(backend.xp.int64, copy=False)
-    bad = (labels != ignore_index) & ((labels < 0) | (labels >= n_classes))
-    if bool(bad.any()):
-        raise IndexError(f"{fn}: target {int(labels[bad][0])} is out of bounds for {n_classes} classes (expected "
-                         f"0 .. {n_classes - 1}, or ignore_index={ignore_index})")
+    validate.class_indices(fn, labels, n_classes, ignore_index)
     return labels
 
 

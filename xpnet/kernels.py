@@ -191,7 +191,8 @@ def _offset_slices(kernel: tuple[int, int], stride: tuple[int, int], out_hw: tup
 
 def max_pool_forward(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[int, int],
                      padding: tuple[int, int] = (0, 0), ceil_mode: bool = False) -> tuple[Any, Any]:
-    """Max over each window and the flat in-window index of the first maximum (PyTorch's tie rule).
+    """Max over each window and the flat in-window index of the first maximum (PyTorch's tie rule); a window
+    holding NaN gives NaN, and its last NaN gets the gradient, as in PyTorch.
 
     One pass per kernel offset over output-sized strided slices: far cheaper than an argmax over a 5-D window
     view, and a strict ``>`` keeps the first maximum. Padding (and the ceil-mode overhang) is the lowest value
@@ -206,8 +207,8 @@ def max_pool_forward(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[int
             out = candidate.copy()
             argmax = xp.zeros(out.shape, dtype=xp.int64)
             continue
-        # a NaN wins over numbers and the first NaN wins over later ones, as np.argmax and the Numba kernel
-        wins = (candidate > out) | (xp.isnan(candidate) & ~xp.isnan(out))
+        # a NaN wins over numbers and over earlier NaNs (so the last NaN of a window wins), as PyTorch's CPU kernel
+        wins = (candidate > out) | xp.isnan(candidate)
         argmax = xp.where(wins, index, argmax)
         xp.maximum(out, candidate, out=out)
     return out, argmax_off_padding(xp, out, argmax, kernel, stride, padding)

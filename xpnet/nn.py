@@ -11,7 +11,7 @@ import numpy as np
 
 from xpnet import functional as F
 from xpnet import nn_utils as utils  # noqa: F401  (torch.nn.utils's place: xpnet.nn.utils.clip_grad_norm_)
-from xpnet import random
+from xpnet import random, validate
 from xpnet.autograd import Tensor, get_default_dtype
 from xpnet.backend import get_backend
 from xpnet.hooks import RemovableHandle
@@ -283,6 +283,9 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not validate.is_int(value) or value < 1:
+                raise ValueError(f"Linear: {name} must be a positive int, got {value!r}")
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)
         self.weight = _uniform_parameter((out_features, in_features), bound)
