@@ -146,3 +146,38 @@ def test_leaf_hooks_fire_as_in_torch_on_the_resnet():
         expected = twin(torch.from_numpy(x.data))
     assert ours == theirs and len(ours) == len([m for m in twin.modules() if not list(m.children())])
     np.testing.assert_allclose(out.data, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_pre_hook_runs_before_forward_and_may_replace_the_arguments():
+    layer, order = nn.Linear(3, 2), []
+    x, doubled = batch(4, 3), None
+    layer.register_forward_hook(lambda m, args, out: order.append("hook"))
+    handle = layer.register_forward_pre_hook(lambda m, args: order.append("pre") or xpnet.tensor(args[0].data * 2))
+    out = layer(x)
+    doubled = layer.weight.data @ (2 * x.data).T
+    assert order == ["pre", "hook"]
+    np.testing.assert_allclose(out.data, doubled.T + layer.bias.data, rtol=1e-6)
+    handle.remove()
+    np.testing.assert_allclose(layer(x).data, (layer.weight.data @ x.data.T).T + layer.bias.data, rtol=1e-6)
+    with pytest.raises(TypeError, match="register_forward_pre_hook: hook must be callable"):
+        layer.register_forward_pre_hook("not a function")
+
+
+def test_observe_calls_reports_each_function_in_this_thread_only():
+    import threading
+
+    from xpnet.autograd import observe_calls
+
+    layer, seen, other = nn.Linear(3, 2), [], []
+    with observe_calls(lambda fn, inputs, options, out, ctx: seen.append((fn.__name__, out.shape))):
+        xpnet.functional.relu(layer(batch(4, 3)))
+        worker = threading.Thread(target=lambda: other.append(layer(batch(1, 3))))
+        worker.start()
+        worker.join()
+        with observe_calls(lambda *call: None):  # an inner block takes over, then hands back
+            layer(batch(1, 3))
+        layer(batch(2, 3))
+    layer(batch(5, 3))
+    linear = seen[0][0]
+    assert seen == [(linear, (4, 2)), ("ReLU", (4, 2)), (linear, (2, 2))], seen
+    assert other[0].shape == (1, 2)  # the other thread ran, unobserved

@@ -8,7 +8,8 @@ reverse topological order, summing the gradients of tensors used more than once.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+import threading
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from xpnet.backend import get_backend
 
 _default_dtype = np.dtype(np.float32)
 _grad_enabled = True
+_observer = threading.local()  # .callback: see observe_calls
 
 
 def set_default_dtype(dtype: Any) -> None:
@@ -47,6 +49,20 @@ class no_grad(contextlib.ContextDecorator):
     def __exit__(self, *exc: Any) -> None:
         global _grad_enabled
         _grad_enabled = self._previous
+
+
+@contextlib.contextmanager
+def observe_calls(callback: Callable[[type[Function], tuple, dict[str, Any], Tensor, Context], None]
+                  ) -> Iterator[None]:
+    """Inside the block, every ``Function.apply`` of this thread calls ``callback(fn, inputs, options, output, ctx)``
+    after its forward (``ctx``: what the forward saved for its backward): how ``xpnet.export`` traces a forward into a
+    graph and ``xpnet.check`` reads the max-pool winners (an inner block takes over until it ends)."""
+    previous = getattr(_observer, "callback", None)
+    _observer.callback = callback
+    try:
+        yield
+    finally:
+        _observer.callback = previous
 
 
 class Context:
@@ -287,6 +303,9 @@ class Function:
             out._ctx, out._fn, out._inputs = ctx, cls, tuple(t if t is not None else _CONSTANT for t in inputs)
         else:
             out._ctx, out._fn, out._inputs = None, None, ()
+        observer = getattr(_observer, "callback", None)
+        if observer is not None:
+            observer(cls, inputs, options, out, ctx)
         return out
 
 

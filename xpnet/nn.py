@@ -33,6 +33,7 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_non_persistent_buffers", set())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
         object.__setattr__(self, "_forward_hooks", OrderedDict())
         object.__setattr__(self, "training", True)
 
@@ -78,8 +79,12 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args: Any) -> Any:
-        """``forward(*args)``, then each forward hook in registration order; a hook's non-None result replaces the
-        output the later hooks and the caller see."""
+        """Each forward pre-hook (a non-None result replaces the arguments), ``forward(*args)``, then each forward
+        hook in registration order (a non-None result replaces the output the later hooks and the caller see)."""
+        for pre_hook in tuple(self._forward_pre_hooks.values()):
+            new_args = pre_hook(self, args)
+            if new_args is not None:
+                args = new_args if isinstance(new_args, tuple) else (new_args,)
         output = self.forward(*args)
         for hook in tuple(self._forward_hooks.values()):  # a snapshot: a hook may remove itself
             result = hook(self, args, output)
@@ -94,6 +99,15 @@ class Module:
             raise TypeError(f"register_forward_hook: hook must be callable, got {type(hook).__name__}")
         handle = RemovableHandle(self._forward_hooks)
         self._forward_hooks[handle.id] = hook
+        return handle
+
+    def register_forward_pre_hook(self, hook: Callable[[Module, tuple[Any, ...]], Any]) -> RemovableHandle:
+        """Call ``hook(module, args)`` before every forward pass, as PyTorch does (a non-None result, a tuple or
+        one value, replaces the arguments); returns the handle whose ``remove()`` takes it off."""
+        if not callable(hook):
+            raise TypeError(f"register_forward_pre_hook: hook must be callable, got {type(hook).__name__}")
+        handle = RemovableHandle(self._forward_pre_hooks)
+        self._forward_pre_hooks[handle.id] = hook
         return handle
 
     # --- traversal ------------------------------------------------------------------------------------------
