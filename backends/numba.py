@@ -406,11 +406,11 @@ class NumbaBackend(Backend):
     xp = numpy
 
     def __init__(self) -> None:
-        if not threads.openblas_spin_limited():
-            warnings.warn("NumPy was imported before xpnet, so OpenBLAS's idle threads spin for 0.1 s after each "
-                          "matmul and slow the Numba backend's kernels (about 1.4x for LeNet-5 on 2 cores): import "
-                          "xpnet first, or set OPENBLAS_THREAD_TIMEOUT=4 before starting Python",
-                          RuntimeWarning, stacklevel=2)
+        if not threads.reapply_openblas_env():
+            warnings.warn("NumPy was imported before xpnet and its BLAS cannot be told to stop spinning, so its idle "
+                          "threads spin for 0.1 s after each matmul and slow the Numba backend's kernels (about 1.4x "
+                          "for LeNet-5 on 2 cores): import xpnet first, or set OPENBLAS_THREAD_TIMEOUT=4 before "
+                          "starting Python", RuntimeWarning, stacklevel=2)
 
     def im2col(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                dilation: tuple[int, int] = (1, 1)) -> Any:

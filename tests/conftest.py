@@ -1,9 +1,11 @@
 """Shared fixtures: every test starts on the NumPy backend with float32 defaults and a fixed seed."""
 
+import os
 import sys
 import textwrap
 
-import xpnet  # noqa: I001  (before NumPy, as in user code: see xpnet/threads.py)
+os.environ.setdefault("XPNET_BACKEND", "numpy")  # subprocesses start on the reference backend, as each test does
+import xpnet  # noqa: I001, E402  (before NumPy, as in user code: see xpnet/threads.py)
 import numpy as np
 import pytest
 

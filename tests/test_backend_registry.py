@@ -36,6 +36,23 @@ def test_env_var_picks_backend_at_first_use():
     assert result.stdout.strip() == "numpy"
 
 
+def run_unset(code):
+    env = {k: v for k, v in os.environ.items() if k != "XPNET_BACKEND"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_unset_env_picks_numba_when_installed():
+    pytest.importorskip("numba", reason="the numba backend needs numba: pip install 'xpnet[numba]'")
+    result = run_unset("import xpnet; print(xpnet.get_backend().name)")
+    assert result.returncode == 0 and result.stdout.strip() == "numba", result.stderr
+
+
+def test_unset_env_falls_back_to_numpy_without_numba():
+    result = run_unset("import sys; sys.modules['numba'] = None\n"  # as if numba were not installed
+                       "import xpnet; print(xpnet.get_backend().name)")
+    assert result.returncode == 0 and result.stdout.strip() == "numpy", result.stderr
+
+
 def test_use_switches_and_returns_backend():
     backend = xpnet.use("numpy")
     assert backend is xpnet.get_backend() and backend.name == "numpy"

@@ -1,5 +1,5 @@
-"""xpnet's thread-pool environment settings: set only when the user has not, reversible, and a clear warning when
-NumPy was loaded before xpnet could set them. Each case runs in a new interpreter, as the settings act at import."""
+"""xpnet's thread-pool environment settings: set only when the user has not, reversible, and applied after all
+when NumPy was loaded before xpnet could set them. Each case runs in a new interpreter, as the settings act at import."""
 
 from __future__ import annotations
 
@@ -32,11 +32,22 @@ def test_numpy_imported_first_is_detected():
     assert _python("import numpy\n" + CHECK).stdout.split() == ["4", "False"]
 
 
-def test_numba_backend_warns_when_openblas_was_loaded_too_early():
+def test_numpy_imported_first_gets_the_spin_limit_without_a_warning():
+    """Issue 14's import-order check: the Numba backend makes an early OpenBLAS re-read its environment."""
     pytest.importorskip("numba", reason="the numba backend needs numba: pip install 'xpnet[numba]'")
-    done = _python("import numpy, xpnet\nxpnet.use('numba')\n")
-    assert "RuntimeWarning" in done.stderr and "OPENBLAS_THREAD_TIMEOUT=4" in done.stderr
-    assert "RuntimeWarning" not in _python("import xpnet\nxpnet.use('numba')\n").stderr
+    code = ("import numpy, xpnet, ctypes\n"
+            "from xpnet import threads\n"
+            "lib = ctypes.CDLL(threads._loaded_openblas())\n"
+            "before = lib.openblas_thread_timeout()\n"
+            "xpnet.use('numba')\n"
+            "a = numpy.arange(40000.0).reshape(200, 200) / 4e4\n"
+            "ok = numpy.array_equal(a @ a, numpy.einsum('ij,jk->ik', a, a)) or numpy.allclose(a @ a, "
+            "numpy.einsum('ij,jk->ik', a, a), rtol=1e-13)\n"
+            "print(before, lib.openblas_thread_timeout(), threads.openblas_spin_limited(), ok)\n")
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.split() == ["0", "4", "True", "True"]
 
 
 def test_restore_removes_only_what_xpnet_set():

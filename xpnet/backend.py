@@ -19,6 +19,7 @@ import numpy as np
 from xpnet import kernels
 
 ENV_VAR = "XPNET_BACKEND"
+DEFAULT_BACKENDS = ("numba", "numpy")  # with XPNET_BACKEND unset, the first that loads is used
 ENTRY_POINT_GROUP = "xpnet.backends"
 
 # Built-in backends, so a source checkout that is not pip-installed still finds them. Entry points may add more.
@@ -264,8 +265,19 @@ def get_backend(name: str | None = None) -> Backend:
             _instances[name] = _load(name)
         return _instances[name]
     if _active is None:
-        _active = get_backend(os.environ.get(ENV_VAR, "numpy").strip().lower() or "numpy")
+        requested = os.environ.get(ENV_VAR, "").strip().lower()
+        _active = get_backend(requested) if requested else _fastest_cpu_backend()
     return _active
+
+
+def _fastest_cpu_backend() -> Backend:
+    """``XPNET_BACKEND`` unset: the first of ``DEFAULT_BACKENDS`` that loads (Numba when installed, else NumPy)."""
+    for name in DEFAULT_BACKENDS[:-1]:
+        try:
+            return get_backend(name)
+        except BackendUnavailable:
+            continue
+    return get_backend(DEFAULT_BACKENDS[-1])
 
 
 def use(name: str) -> Backend:

@@ -14,6 +14,7 @@ can hand a library loaded later (the PyTorch peer of the benchmarks) the environ
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 
@@ -50,9 +51,41 @@ def restore_user_environment() -> None:
 
 
 def openblas_spin_limited() -> bool:
-    """False when NumPy (and its OpenBLAS) was imported before xpnet without ``OPENBLAS_THREAD_TIMEOUT`` set, so
-    OpenBLAS's idle threads spin for its default 0.1 s and slow the Numba backend's kernels."""
+    """False while NumPy's OpenBLAS, loaded before xpnet without ``OPENBLAS_THREAD_TIMEOUT`` set, still lets its
+    idle threads spin for its default 0.1 s, which slows the Numba backend's kernels (see ``reapply_openblas_env``)."""
     return not _numpy_loaded_first
+
+
+def _loaded_openblas() -> str | None:
+    """The path of the OpenBLAS library mapped into this process (Linux), if any."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return None
+    return min(paths) if paths else None
+
+
+def reapply_openblas_env() -> bool:
+    """Give an OpenBLAS that loaded before xpnet the spin limit after all: it re-reads its environment
+    (``openblas_read_env``) and stops its thread pool (``blas_thread_shutdown_``, what its own fork handler calls),
+    which it restarts, with the new timeout, at the next multi-threaded call. Returns whether the limit now holds;
+    False where this OpenBLAS does not export those functions (then nothing was changed)."""
+    global _numpy_loaded_first
+    if not _numpy_loaded_first:
+        return True
+    path = _loaded_openblas()
+    try:
+        lib = ctypes.CDLL(path) if path else None
+        read_env, shutdown = (lib.openblas_read_env, lib.blas_thread_shutdown_) if lib else (None, None)
+    except (OSError, AttributeError):
+        return False
+    if read_env is None:
+        return False
+    read_env()
+    shutdown()
+    _numpy_loaded_first = False
+    return True
 
 
 set_default(*OPENBLAS_SPIN)
