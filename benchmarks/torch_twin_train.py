@@ -39,7 +39,7 @@ def main(argv: Sequence[str]) -> int:
     data = load_dataset(config.dataset, config.data, grayscale=config.grayscale, image_type=config.image_type)
     train, test = data.train, data.test
     random.manual_seed(config.seed)
-    net = to_torch(build_model(config.model, train.shape, len(train.classes)))
+    net = to_torch(build_model(config.model, train.shape, len(train.classes), **config.model_options))
     options = {"lr": config.lr, "weight_decay": config.weight_decay}
     if config.optimizer == "sgd":
         options.update(momentum=config.momentum, nesterov=config.nesterov)

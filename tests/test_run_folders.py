@@ -233,7 +233,7 @@ def test_evaluate_refuses_a_checkpoint_that_does_not_fit_in_one_line(mnist_dir, 
     save_checkpoint(misshaped, {k: v[:1] for k, v in c.weights.items()}, c.optimizer, c.record)
     no_config = tmp_path / "no_config.npz"
     save_checkpoint(no_config, c.weights, c.optimizer, {"epoch": 1})
-    for path, said in ((misshaped, "cannot be loaded into model 'report2'"), (no_config, "its record has no config")):
+    for path, said in ((misshaped, "cannot be loaded into model 'report2'"), (no_config, "its record names no model")):
         capsys.readouterr()
         assert evaluate.main([str(path), "--data", str(mnist_dir)]) == 1
         assert said in one_error_line(capsys)

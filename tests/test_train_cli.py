@@ -140,8 +140,8 @@ save_dir = "{tmp_path / 'saved'}"
     ("batchsize = 3", "unknown config key 'batchsize'"),
     ('loss_function = "mse"', "only softmax cross-entropy"),
     ('optimizer_type = "rmsprop"', "unknown optimizer 'rmsprop'"),
-    ("epochs = 0", "--epochs"),
-    ("train_val_split = 0.0", "--val-split"),
+    ("epochs = 0", "config key 'epochs': expected a positive integer, got 0"),
+    ("train_val_split = 0.0", "config key 'train_val_split'"),
     ('image_type = "gif"', "image_type"),
 ])
 def test_bad_config_entries_are_named(tmp_path, text, message):
@@ -175,3 +175,34 @@ def test_module_entry_point_runs(mnist_dir, tmp_path):
                              "--out", str(tmp_path / "m")], capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     assert "test accuracy" in result.stdout
+
+
+def test_a_bad_value_is_named_where_it_was_given(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("epochs = 0\nlearning_rate = -1.0\n")
+    with pytest.raises(ConfigError, match=rf"^{config}: config key 'learning_rate': expected a positive finite"):
+        load_config(["--config", str(config), "--epochs", "3"])
+    with pytest.raises(ConfigError, match=r"^--epochs: expected a positive integer, got 0"):
+        load_config(["--config", str(config), "--epochs", "0", "--lr", "0.1"])
+
+
+def test_model_options_reach_the_factory_and_the_rebuilt_model(mnist_dir, tmp_path, capsys):
+    from xpnet import evaluate
+    from xpnet.predict import load_model
+
+    out = tmp_path / "wide"
+    assert run(["--data", mnist_dir, "--model", "resnet", "--model-option", "widths=4,8,8", "--model-option",
+                "blocks=1,2,1", "--epochs", 1, "--batch-size", 60, "--out", out]) == 0
+    record = load_checkpoint(out / "best.npz").record
+    assert record["config"]["model_options"] == {"widths": [4, 8, 8], "blocks": [1, 2, 1]}
+    trained = load_model(out)
+    assert trained.model.layer3[0].conv1.out_channels == 8 and len(trained.model.layer2) == 2
+    assert evaluate.main([str(out), "--data", str(mnist_dir)]) == 0
+    config = tmp_path / "c.toml"
+    config.write_text('model = "resnet"\n[model_options]\nwidths = [4, 4, 4]\n')
+    assert load_config(["--config", str(config), "--model-option", "blocks=2,1,1"]).model_options == {
+        "widths": [4, 4, 4], "blocks": [2, 1, 1]}
+    with pytest.raises(ConfigError, match="model 'resnet' takes no option 'width'; its options: widths, blocks"):
+        load_config(["--model", "resnet", "--model-option", "width=4"])
+    with pytest.raises(SystemExit):
+        load_config(["--model-option", "no equals sign"])

@@ -15,7 +15,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from xpnet.data import DATASETS
-from xpnet.models import DESCRIPTIONS, ModelError, resolve_factory
+from xpnet.models import DESCRIPTIONS, ModelError, check_options, resolve_factory
 from xpnet.optim import OPTIMIZERS
 
 LOSSES = ("cross_entropy", "softmax_cross_entropy", "CrossEntropyLoss")
@@ -25,6 +25,7 @@ SCHEDULERS = ("none", "step", "cosine", "onecycle")
 @dataclass
 class TrainConfig:
     model: str = "report1"
+    model_options: dict[str, Any] = field(default_factory=dict)
     dataset: str = "mnist"
     batch_size: list[int] = field(default_factory=lambda: [128])
     epochs: int = 10
@@ -60,7 +61,7 @@ class TrainConfig:
 
 # The Python types a TOML value may have for each field (a TOML integer is accepted where a float is expected).
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "model": (str,), "dataset": (str,), "batch_size": (int, list), "epochs": (int,), "lr": (float, int),
+    "model": (str,), "model_options": (dict,), "dataset": (str,), "batch_size": (int, list), "epochs": (int,), "lr": (float, int),
     "optimizer": (str,), "momentum": (float, int), "nesterov": (bool,), "weight_decay": (float, int),
     "scheduler": (str,), "warmup_epochs": (int,), "step_size": (int,), "gamma": (float, int),
     "clip_grad_norm": (float, int), "label_smoothing": (float, int), "random_crop": (int,), "hflip": (bool,),
@@ -121,8 +122,10 @@ def _check_type(path: str | os.PathLike, key: str, value: Any, field_name: str |
     if isinstance(value, bool) and bool not in accepted:  # bool is an int to Python, not to a config file
         accepted = ()
     if not isinstance(value, accepted) or (isinstance(value, list) and not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value)):
-        expected = " or ".join("a list of integers" if t is list else f"a{'n' if t is int else ''} {t.__name__}"
+            isinstance(v, int) and not isinstance(v, bool) for v in value)) or (isinstance(value, dict) and not all(
+            isinstance(v, (int, float, str, bool, list)) for v in value.values())):
+        names = {list: "a list of integers", dict: "a table of options (numbers, strings, booleans or lists)"}
+        expected = " or ".join(names.get(t, f"a{'n' if t is int else ''} {t.__name__}")
                                for t in FIELD_TYPES[field_name or key])
         raise ConfigError(f"{path}: config key {key!r} must be {expected}, got {value!r}")
 
@@ -131,11 +134,15 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m xpnet.train",
         description="Train a CNN on MNIST, Fashion-MNIST, CIFAR-10 or an image-folder dataset with the backend from "
-                    "XPNET_BACKEND.")
+                    "XPNET_BACKEND (numpy, numba or cupy; unset: numba if installed, else numpy).")
     p.add_argument("--config", help="TOML file of settings (report 2's keys accepted); flags override it")
     p.add_argument("--model", help="architecture: " + "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items())
                    + "; or package.module:function for your own factory of (input_shape, num_classes) (default "
                      "report1)")
+    p.add_argument("--model-option", dest="model_options", action="append", type=model_option, metavar="KEY=VALUE",
+                   help="an argument for the model's factory, e.g. widths=24,48,96 for resnet (repeat for more; "
+                        "VALUE: an integer, a number, true/false, a comma-separated list of integers, or text); "
+                        "TOML: a [model_options] table")
     p.add_argument("--dataset", choices=DATASETS, help="which dataset to find when --data is not given, and how "
                                                        "to read it (default mnist)")
     p.add_argument("--batch-size", type=int, nargs="+", dest="batch_size",
@@ -186,12 +193,54 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_settings(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def model_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` from the command line as (key, value): integers, numbers, booleans and integer lists typed."""
+    key, equals, raw = text.partition("=")
+    if not equals or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY a Python name, got {text!r}")
+    return key.strip(), _typed(raw.strip())
+
+
+def _typed(raw: str) -> Any:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for parse in (int, float):
+        try:
+            return parse(raw)
+        except ValueError:
+            pass
+    parts = raw.split(",")
+    if len(parts) > 1 and all(p.strip().lstrip("-").isdigit() for p in parts):
+        return [int(p) for p in parts]
+    return raw
+
+
+class Settings(dict):
+    """The settings given explicitly, by field name; ``origins[field]`` names where each came from (its flag, or
+    the config file and key), so that a bad value is reported under the name the user wrote."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.origins: dict[str, str] = {}
+
+
+def load_settings(argv: Sequence[str] | None = None) -> Settings:
     """The settings given explicitly, by the config file and then the command line (not yet validated)."""
     args = vars(parser().parse_args(argv))
     args.pop("debug")
-    settings: dict[str, Any] = read_config_file(args.pop("config")) if args.get("config") else {}
-    settings.update({k: v for k, v in args.items() if v is not None and k != "config"})
+    settings = Settings()
+    path = args.pop("config")
+    if path:
+        inverse = {name: key for key, (name, _) in REPORT2_KEYS.items()}
+        for name, value in read_config_file(path).items():
+            settings[name] = value
+            settings.origins[name] = f"{path}: config key {inverse.get(name, name)!r}"
+    if args["model_options"] is not None:  # KEY=VALUE pairs given: they update the file's table
+        args["model_options"] = {**settings.get("model_options", {}), **dict(args["model_options"])}
+    for name, value in args.items():
+        if value is not None:
+            settings[name] = value
+            settings.origins[name] = f"--{name.replace('_', '-')}"
     if isinstance(settings.get("batch_size"), int):
         settings["batch_size"] = [settings["batch_size"]]
     if settings.get("patience") == 0:
@@ -200,10 +249,20 @@ def load_settings(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def make_config(settings: dict[str, Any]) -> TrainConfig:
-    """Defaults overridden by ``settings``, validated."""
+    """Defaults overridden by ``settings``, validated; an error names the setting as the user gave it."""
     config = TrainConfig(**settings)
-    validate(config)
+    try:
+        validate(config)
+    except ConfigError as exc:
+        raise ConfigError(_as_given(str(exc), getattr(settings, "origins", {}))) from None
     return config
+
+
+def _as_given(message: str, origins: dict[str, str]) -> str:
+    """``message`` with its leading ``--flag`` replaced by the config-file key the value came from, if it did."""
+    flag = message.split(":")[0].split()[0] if message.startswith("--") else ""
+    origin = origins.get(flag[2:].replace("-", "_"), flag)
+    return origin + message[len(flag):] if flag and not origin.startswith("--") else message
 
 
 def load_config(argv: Sequence[str] | None = None) -> TrainConfig:
@@ -216,6 +275,10 @@ def validate(config: TrainConfig) -> None:
         resolve_factory(config.model)
     except ModelError as exc:
         raise ConfigError(f"--model: {exc}") from None
+    try:
+        check_options(config.model, config.model_options)
+    except ModelError as exc:
+        raise ConfigError(f"--model-option: {exc}") from None
     if config.dataset not in DATASETS:
         raise ConfigError(f"--dataset: unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
     if config.scheduler not in SCHEDULERS:

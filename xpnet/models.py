@@ -145,21 +145,38 @@ def resolve_factory(name: str) -> Callable[..., Module]:
     return factory
 
 
+def check_options(name: str, options: dict[str, Any]) -> tuple[Any, bool]:
+    """Refuse ``options`` the factory of model ``name`` does not take (ModelError naming those it does); return its
+    signature's parameters and whether it takes any keyword."""
+    try:
+        parameters = inspect.signature(resolve_factory(name)).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = [k for k in options if not takes_any and k not in parameters or k in ("input_shape", "num_classes")]
+    if unknown:
+        takes = [k for k in parameters if k not in ("input_shape", "num_classes")]
+        raise ModelError(f"model {name!r} takes no option {', '.join(map(repr, unknown))}; its options: "
+                         f"{', '.join(takes) or 'none'}")
+    return parameters, takes_any
+
+
 def build_model(name: str, input_shape: Shape = MNIST_SHAPE, num_classes: int = 10, **options: Any) -> Module:
     """A fresh model by name (or ``"package.module:function"``), initialised from xpnet's seeded generator.
 
     The factory gets ``input_shape`` and ``num_classes`` if its signature takes them (a user's factory may take
-    neither), plus ``options``.
+    neither), plus ``options`` (``--model-option KEY=VALUE``): one it does not take is refused, naming those it does.
     """
     factory = resolve_factory(name)
+    parameters, takes_any = check_options(name, options)
+    offered = {"input_shape": tuple(input_shape), "num_classes": num_classes}
+    kwargs = {**{k: v for k, v in offered.items() if takes_any or k in parameters}, **options}
     try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        parameters = {}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    offered = {"input_shape": tuple(input_shape), "num_classes": num_classes, **options}
-    kwargs = {k: v for k, v in offered.items() if takes_any or k in parameters}
-    model = factory(**kwargs)
+        model = factory(**kwargs)
+    except (TypeError, ValueError) as exc:
+        if not options:
+            raise
+        raise ModelError(f"model {name!r} cannot be built with options {options}: {exc}") from None
     if not isinstance(model, Module):
         raise ModelError(f"model {name!r}: the factory returned a {type(model).__name__}, not an xpnet nn.Module")
     return model

@@ -85,7 +85,7 @@ def load_model(path: PathLike) -> TrainedModel:
     shape = tuple(int(n) for n in record.get("input_shape", MNIST_SHAPE))
     classes = [str(c) for c in record.get("classes") or range(10)]
     try:
-        model = build_model(name, shape, len(classes))
+        model = build_model(name, shape, len(classes), **record["config"].get("model_options", {}))
         check_fits_data(model, name, shape, len(classes), "the input shape and classes in its record")
     except ModelError as exc:
         raise ModelError(f"{file}: {exc}") from None

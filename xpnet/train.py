@@ -169,7 +169,7 @@ def run_one(config: TrainConfig, batch_size: int, train: Dataset, val: Dataset |
     """Train one model at one batch size, with early stopping and checkpoints in ``out``."""
     backend = get_backend()
     random.manual_seed(config.seed)
-    model = build_model(config.model, train.shape, len(train.classes))
+    model = build_model(config.model, train.shape, len(train.classes), **config.model_options)
     check_fits_data(model, config.model, train.shape, len(train.classes), "the training set")
     optimizer = make_optimizer(config, model)
     stats = channel_stats(train) if config.normalize else None
