@@ -201,7 +201,7 @@ def test_user_errors_are_one_line_without_traceback(mnist_dir, tmp_path, capsys)
     cases = [
         (["--lr", "inf"], "--lr: expected a positive finite number, got inf"),
         (["--data", tiny_npz(tmp_path / "no_test.npz", 0), *FAST, "--out", tmp_path / "o1"], "the test set is empty"),
-        (["--data", mnist_dir, *FAST, "--out", blocker / "run"], str(blocker)),
+        (["--data", mnist_dir, *FAST, "--out", blocker / "run"], f"cannot create the run folder {blocker / 'run'}"),
         (["--resume", tmp_path / "missing"], "does not exist"),
         *[(["--resume", file], said) for file, said in broken_checkpoints(tmp_path, good / "last.npz")],
     ]
@@ -240,3 +240,11 @@ def test_evaluate_refuses_a_checkpoint_that_does_not_fit_in_one_line(mnist_dir, 
     capsys.readouterr()
     assert evaluate.main([str(good), "--data", str(mnist_dir)]) == 0  # a run folder: its best.npz
     assert f"from {good / 'best.npz'} (epoch 1)" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs sysfs, where nobody may create a folder (Linux)")
+def test_an_unwritable_out_is_refused_before_training(mnist_dir, capsys, monkeypatch):
+    started = []
+    monkeypatch.setattr(train_cli, "train_epoch", lambda *a: started.append(a))
+    assert run("--data", mnist_dir, *FAST, "--out", "/sys/kernel/xpnet-run") == 1
+    assert "cannot create the run folder /sys/kernel/xpnet-run" in one_error_line(capsys) and not started

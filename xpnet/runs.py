@@ -41,6 +41,14 @@ def default_folder(model: str, name: str | None = None, root: Path = RUNS_ROOT) 
 SAVED = ("last.npz", "best.npz", "summary.md")  # what a run saves that another run must not overwrite
 
 
+def make_folder(folder: Path) -> None:
+    """Create the run folder (and its parents); RunFolderError naming it if that fails."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunFolderError(f"cannot create the run folder {folder}: {exc.strerror or exc}") from None
+
+
 def holds_run(folder: Path) -> bool:
     """Whether ``folder`` (or a sweep's sub-folder in it) holds a checkpoint or a summary. A folder whose run was
     killed before its first checkpoint holds nothing worth keeping, and may be used again."""
@@ -82,7 +90,11 @@ def locked(folder: Path) -> Iterator[Path]:
     """Hold ``folder/.xpnet.lock`` for the block; refuse if a live process holds it, reclaim it if its process is
     gone (same host), and remove it afterwards."""
     lock = folder / LOCK_NAME
-    if not _take(lock):
+    try:
+        taken = _take(lock)
+    except OSError as exc:
+        raise RunFolderError(f"cannot write in the run folder {folder}: {exc.strerror or exc}") from None
+    if not taken:
         try:
             owner = json.loads(lock.read_text())
             pid, host = int(owner["pid"]), str(owner["host"])

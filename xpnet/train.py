@@ -406,7 +406,7 @@ def train_command(argv: list[str], progress: dict[str, Path]) -> int:
     out = Path(world.broadcast_text(str(choose_folder(config, settings)) if world.rank == 0 else ""))
     config = dataclasses.replace(config, out=str(out))
     if world.rank == 0:
-        ensure_dir(out)
+        runs.make_folder(out)
     with runs.locked(out) if world.rank == 0 else contextlib.nullcontext():
         if world.rank == 0:
             runs.remove_temporaries(out)
