@@ -32,6 +32,7 @@ from xpnet import functional as F
 from xpnet import kernels, nn, optim, random
 from xpnet.autograd import ReLU, get_default_dtype, no_grad, observe_calls, set_default_dtype, tensor
 from xpnet.backend import backend_names, get_backend, use
+from xpnet.hooks import module_stack
 from xpnet.interop.torch import MaskedDropout, to_numpy, to_torch
 from xpnet.models import MODELS, build_model
 from xpnet.random import manual_seed
@@ -274,30 +275,20 @@ def recording_decisions(model: nn.Module) -> Iterator[list[Decision]]:
     """Record, in call order, the input and outcome of every ReLU and max-pool Function applied while the block
     runs (``autograd.observe_calls``; a max pool's winners are those its forward saved for its backward), each
     labelled with the innermost module of ``model`` running it (forward pre-hooks and hooks)."""
-    backend, calls, running = get_backend(), [], [""]
+    backend, calls = get_backend(), []
+    with module_stack(model, "<model>") as running:
 
-    def observe(fn: type, inputs: tuple, options: dict[str, Any], out: Any, ctx: Any) -> None:
-        if fn is ReLU:
-            x = backend.to_numpy(inputs[0].data)
-            calls.append(Decision(running[-1], "relu", np.array(x), backend.to_numpy(out.data) > 0))
-        elif fn is F.MaxPool2d:
-            x, (argmax,), geometry = backend.to_numpy(inputs[0].data), ctx.saved, tuple(ctx.options[1:])
-            calls.append(Decision(running[-1], "max_pool", np.array(x), np.array(backend.to_numpy(argmax)),
-                                  geometry))
+        def observe(fn: type, inputs: tuple, options: dict[str, Any], out: Any, ctx: Any) -> None:
+            layer = running[-1] if running else ""
+            if fn is ReLU:
+                x = backend.to_numpy(inputs[0].data)
+                calls.append(Decision(layer, "relu", np.array(x), backend.to_numpy(out.data) > 0))
+            elif fn is F.MaxPool2d:
+                x, (argmax,), geometry = backend.to_numpy(inputs[0].data), ctx.saved, tuple(ctx.options[1:])
+                calls.append(Decision(layer, "max_pool", np.array(x), np.array(backend.to_numpy(argmax)), geometry))
 
-    def leave(module: nn.Module, args: tuple, out: Any) -> None:
-        running.pop()
-
-    handles = []
-    for label, module in model.named_modules():
-        handles += [module.register_forward_pre_hook(lambda m, args, label=label or "<model>": running.append(label)),
-                    module.register_forward_hook(leave)]
-    try:
         with observe_calls(observe):
             yield calls
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _window_values(d: Decision, x: np.ndarray, winners: np.ndarray) -> np.ndarray:

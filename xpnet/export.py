@@ -20,7 +20,7 @@ import inspect
 import json
 import sys
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -28,6 +28,7 @@ import xpnet
 from xpnet.autograd import Function, Tensor, get_default_dtype, no_grad, observe_calls
 from xpnet.backend import BackendUnavailable, get_backend
 from xpnet.data.files import atomic_write
+from xpnet.hooks import module_stack
 from xpnet.nn import Module
 from xpnet.onnx_ops import CONVERTERS, Call, Unsupported
 
@@ -68,27 +69,13 @@ def _recording(model: Module) -> Iterator[list[Call]]:
     """Record every Function applied inside (``autograd.observe_calls``), with the dotted name of the innermost
     module whose forward applied it (forward pre-hooks and hooks on every module keep a stack of names)."""
     calls: list[Call] = []
-    stack: list[str] = []
+    with module_stack(model, type(model).__name__) as stack:
 
-    def observe(fn: type[Function], inputs: tuple, options: dict[str, Any], out: Tensor, ctx: Any) -> None:
-        calls.append(Call(fn, inputs, _with_defaults(fn, options), out, stack[-1] if stack else ""))
+        def observe(fn: type[Function], inputs: tuple, options: dict[str, Any], out: Tensor, ctx: Any) -> None:
+            calls.append(Call(fn, inputs, _with_defaults(fn, options), out, stack[-1] if stack else ""))
 
-    def enter(name: str) -> Callable[..., None]:
-        return lambda module, args: stack.append(name)
-
-    def leave(module: Module, args: tuple, output: Any) -> None:
-        stack.pop()
-
-    handles = []
-    for name, module in model.named_modules():
-        handles += [module.register_forward_pre_hook(enter(name or type(module).__name__)),
-                    module.register_forward_hook(leave)]
-    try:
         with observe_calls(observe):
             yield calls
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def trace(model: Module, example: Any) -> tuple[list[Call], Tensor, tuple[Tensor, ...]]:
