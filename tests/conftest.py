@@ -1,5 +1,6 @@
 """Shared fixtures: every test starts on the NumPy backend with float32 defaults and a fixed seed."""
 
+import importlib.util
 import os
 import sys
 import textwrap
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 
 from xpnet.data import write_idx
+
+import bench_smoke  # noqa: E402  (tests/ is on sys.path)
 
 USER_MODELS = textwrap.dedent('''
     from xpnet import nn
@@ -97,3 +100,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def pytest_collection_finish(session):
+    """Start the benchmark smoke run in the background when its tests are selected (see tests/bench_smoke.py)."""
+    if importlib.util.find_spec("pytest_benchmark") is not None and any(
+            item.path.name == "test_benchmarks_smoke.py" for item in session.items):
+        bench_smoke.start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    bench_smoke.stop()

@@ -22,10 +22,8 @@ from xpnet import nn
 from xpnet.models import MODELS as NAMED_MODELS
 from xpnet.models import build_model
 
-REPO = Path(__file__).resolve().parents[1]
-# The pytest-benchmark suites: bench_*.py files that define tests (a bench_*.py may also be a plain script).
-SUITES = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "benchmarks").glob("bench_*.py")
-                if "\ndef test_" in p.read_text())
+import bench_smoke  # tests/ is on sys.path, as for local_http
+from bench_smoke import REPO, SUITES
 GRID_MODELS = ("report1", "report2", "lenet5")  # timed at every batch size; the ResNet at one, on Fashion-MNIST
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -39,14 +37,10 @@ def epoch_results(out: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
-    """(the finished pytest run over every suite, the folder holding its results.json and junit.xml)."""
-    out = tmp_path_factory.mktemp("bench")
-    command = [sys.executable, "-m", "pytest", *SUITES, "-q", "-p", "no:cacheprovider",
-               f"--benchmark-json={out / 'results.json'}", f"--junitxml={out / 'junit.xml'}"]
-    env = {**xpnet.threads.user_environment(), "XPNET_BENCH_SMOKE": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    return done, out
+def smoke_run() -> tuple[subprocess.CompletedProcess, Path]:
+    """(the finished pytest run over every suite, the folder holding its results.json and junit.xml): started in
+    the background when collection ended (tests/bench_smoke.py), awaited here."""
+    return bench_smoke.result()
 
 
 @requires_benchmark
