@@ -33,11 +33,13 @@ from xpnet.models import build_model  # noqa: E402
 
 def train_round(net: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                 labels: torch.Tensor, batch_size: int, order: np.ndarray) -> float:
-    """One pass over ``order`` in batches: Adam steps, loss and accuracy summed on the device, read once."""
-    order_t = torch.from_numpy(order)
+    """One pass over ``order`` in batches: Adam steps, loss and accuracy summed on the images' device (CPU here,
+    CUDA in benchmarks/gpu/epochs.py), read once."""
+    order_t = torch.from_numpy(order).to(images.device)
     net.train()
     loss_fn = torch.nn.CrossEntropyLoss()
-    loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.int64)
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), dtype=torch.int64, device=images.device)
     for lo in range(0, len(order_t), batch_size):
         index = order_t[lo:lo + batch_size]
         x, y = images[index], labels[index]

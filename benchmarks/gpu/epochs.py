@@ -28,7 +28,7 @@ from typing import Any, Callable
 import xpnet  # noqa: I001  (before NumPy, as every xpnet process)
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for harness
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for harness and torch_peer
 from harness import SEED, EpochPlan, make_plan  # noqa: E402
 from xpnet.data import Dataset, load_mnist  # noqa: E402
 from xpnet.models import build_model  # noqa: E402
@@ -77,32 +77,10 @@ def time_xpnet(backend_name: str, model_name: str, train: Dataset, plan: EpochPl
             **summary(plan, round_s, first_step_s, loss)}
 
 
-def torch_round(net: Any, optimizer: Any, images: Any, labels: Any, batch_size: int, order: np.ndarray) -> float:
-    """One pass over ``order`` in batches, as ``xpnet.train.train_epoch`` does: Adam steps, loss and accuracy
-    summed on the device and read once."""
-    import torch
-
-    order_t = torch.from_numpy(order).to(images.device)
-    net.train()
-    loss_fn = torch.nn.CrossEntropyLoss()
-    loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), dtype=torch.int64, device=images.device)
-    for lo in range(0, len(order_t), batch_size):
-        index = order_t[lo:lo + batch_size]
-        x, y = images[index], labels[index]
-        optimizer.zero_grad()
-        logits = net(x)
-        loss = loss_fn(logits, y)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.detach().argmax(dim=1) == y).sum()
-    return float(loss_sum) / len(order_t)
-
-
 def time_torch(device: str, model_name: str, train: Dataset, plan: EpochPlan) -> dict[str, Any]:
     """``plan``'s rounds of the PyTorch twin of a fresh ``model_name`` on ``device``, over the same images."""
     import torch
+    from torch_peer import train_round  # the CPU benchmarks' PyTorch loop, on the images' device
 
     from xpnet.interop.torch import to_torch
 
@@ -116,12 +94,12 @@ def time_torch(device: str, model_name: str, train: Dataset, plan: EpochPlan) ->
     images = torch.from_numpy(data.images.astype(np.float32) / np.float32(255)).to(device)
     labels = torch.from_numpy(data.labels.astype(np.int64)).to(device)
     first_order = np.random.default_rng([SEED, 0]).permutation(plan.batch_size)
-    first_step_s, _ = clock(synchronize, lambda: torch_round(net, optimizer, images, labels, plan.batch_size,
+    first_step_s, _ = clock(synchronize, lambda: train_round(net, optimizer, images, labels, plan.batch_size,
                                                              first_order))
     round_s, loss = [], float("nan")
     for epoch in range(1, plan.rounds + 1):
         order = np.random.default_rng([SEED, epoch]).permutation(len(data.labels))  # xpnet's DataLoader order
-        seconds, loss = clock(synchronize, lambda: torch_round(net, optimizer, images, labels, plan.batch_size,
+        seconds, loss = clock(synchronize, lambda: train_round(net, optimizer, images, labels, plan.batch_size,
                                                                order))
         round_s.append(seconds)
     return {"framework": "pytorch", "device": device, **summary(plan, round_s, first_step_s, loss)}
