@@ -102,6 +102,12 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Run the benchmark smoke tests last: they wait for the background run (tests/bench_smoke.py), which on a
+    cold Numba cache compiles for about 100 s; placed in file order they would leave the main process idle."""
+    items.sort(key=lambda item: item.path.name == "test_benchmarks_smoke.py")  # stable: the rest keep their order
+
+
 def pytest_collection_finish(session):
     """Start the benchmark smoke run in the background when its tests are selected (see tests/bench_smoke.py)."""
     if importlib.util.find_spec("pytest_benchmark") is not None and any(
