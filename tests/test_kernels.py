@@ -158,6 +158,33 @@ def test_im2col_col2im_adjoint(shape, kernel, stride, padding, dilation):
     assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs))
 
 
+def slice_add_col2im(cols, x_shape, stride, padding, dilation):
+    """Reference col2im in the generic order: one strided slice-add per kernel offset, (i, j) ascending."""
+    n, c, h, w = x_shape
+    _, _, kh, kw, oh, ow = cols.shape
+    (sy, sx), (ph, pw), (dy, dx) = stride, padding, dilation
+    img = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            img[:, :, i * dy:i * dy + sy * (oh - 1) + 1:sy, j * dx:j * dx + sx * (ow - 1) + 1:sx] += cols[:, :, i, j]
+    return img[:, :, ph:ph + h, pw:pw + w]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation",
+                         [same_width_case(s) for s in range(20)] + [same_width_case(s, True) for s in range(20, 35)])
+def test_col2im_same_width_equals_the_slice_adds_bit_for_bit(shape, kernel, stride, padding, dilation, dtype):
+    """The whole-plane path (stride 1, same width) sums in the generic order, and drops the wrapped columns' values
+    (even inf and NaN there, which belong to no pixel)."""
+    oh, ow = (out_size(size, k, s, p, d) for size, k, s, p, d in zip(shape[2:], kernel, stride, padding, dilation))
+    cols = rng.standard_normal(shape[:2] + kernel + (oh, ow)).astype(dtype)
+    flat = cols.reshape(-1)
+    flat[::7] = np.resize(np.array([np.inf, np.nan, -0.0, 1e30], dtype=dtype), flat[::7].size)
+    got = kernels.col2im(np, cols, shape, stride, padding, dilation)
+    np.testing.assert_array_equal(got, slice_add_col2im(cols, shape, stride, padding, dilation))
+    assert got.dtype == dtype
+
+
 def test_col2im_overlap_counts_every_window():
     """All-ones columns with overlapping 3x3 windows at stride 1: each pixel gets the number of windows covering it."""
     cols = np.ones((1, 1, 3, 3, 3, 3))
