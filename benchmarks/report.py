@@ -16,20 +16,21 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from report_charts import write_charts
-from report_results import (TARGET_BATCH, Limits, Result, epoch_grid, in_group, kernel_grid, limits_of, load,
-                            target_checks)
-from report_tables import col2im_section, im2col_section, num, table, training_sections, warm_up_section
+from report_results import (TARGET_BATCH, Limits, Result, epoch_grid, framework_grid, in_group, kernel_grid, limits_of,
+                            load, target_checks)
+from report_tables import (col2im_section, cold_start_section, im2col_section, inference_section, memory_section, num,
+                           table, training_sections, warm_up_section)
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 SUITES = ("benchmarks/bench_im2col.py", "benchmarks/bench_col2im.py", "benchmarks/bench_limits.py",
-          "benchmarks/bench_epoch.py", "benchmarks/bench_torch.py")
+          "benchmarks/bench_epoch.py", "benchmarks/bench_torch.py", "benchmarks/bench_footprint.py")
 COMMANDS = (
     "pip install -e '.[bench,numba]' torch==2.13.0",
     f"python -m pytest {' '.join(SUITES)} --benchmark-json=benchmarks/results.json",
     "python benchmarks/report.py benchmarks/results.json",
 )
 SUMMARY_BATCH = 128
-KNOWN_GROUPS = ("im2col", "col2im", "limits", "epoch", "warm-up")
+KNOWN_GROUPS = ("im2col", "col2im", "limits", "epoch", "warm-up", "inference", "memory", "cold-start")
 
 
 def header_section(run: dict[str, Any], results: list[Result], source: Path) -> list[str]:
@@ -42,7 +43,8 @@ def header_section(run: dict[str, Any], results: list[Result], source: Path) -> 
                   "mean nothing.", ""]
     threads = [f"NumPy's BLAS {run.get('blas_threads', '?')}"]
     for key, what in (("numba_threads", "Numba"), ("torch_threads", "PyTorch (`torch.set_num_threads`)")):
-        threads += sorted({f"{what} {r.info[key]}" for r in in_group(results, "epoch") if key in r.info})
+        threads += sorted({f"{what} {r.info[key]}" for r in results if r.group in ("epoch", "inference")
+                           and key in r.info})
     return lines + [f"- **Machine**: {run.get('machine', '?')}", f"- **Versions**: {versions}",
                     f"- **Threads**: {', '.join(threads)}", f"- **This run's command**: `{run.get('command', '?')}`",
                     ""]
@@ -76,7 +78,8 @@ def summary_section(results: list[Result], limits: Limits | None) -> list[str]:
 def reproduce_section() -> list[str]:
     return ["## Reproduce", "",
             "From the repository root, on a quiet machine (about 12 minutes on 2 cores for the MNIST grid, plus "
-            "roughly 5 for the ResNet rows; the suites time whatever else runs too):", "", "```", *COMMANDS, "```", "",
+            "roughly 5 for the ResNet rows and 3 for the inference, memory and cold-start measurements; the suites "
+            "time whatever else runs too):", "", "```", *COMMANDS, "```", "",
             "Options: `--data PATH` (MNIST; default `$XPNET_DATA`, else `../shared/data/mnist` beside the "
             "repository, else synthetic images of the same shape), `--fashion-data PATH` (Fashion-MNIST for the "
             "ResNet rows; default `../shared/data/fashion-mnist`, else synthetic), `--full-epochs 128` (batch "
@@ -108,8 +111,9 @@ def method_section() -> list[str]:
             "columns is not counted: it belongs to one way of computing a convolution. Functional calls inside a "
             "module's `forward` (the ResNet's ReLUs and residual sums) are not modules and are not counted, so the "
             "ResNet's bytes, and its memory floor, are a lower bound.",
-            "- Peak memory: tracemalloc (NumPy reports its buffers to it; Numba's internal scratch is not seen), "
-            "or the CuPy memory pool on a GPU.", ""]
+            "- Peak memory of an im2col or col2im call: tracemalloc (NumPy reports its buffers to it; Numba's "
+            "internal scratch is not seen), or the CuPy memory pool on a GPU. Of a training step: the process's "
+            "resident set, read from /proc (see that section).", ""]
 
 
 def skipped_section(run: dict[str, Any]) -> list[str]:
@@ -133,6 +137,8 @@ def render(run: dict[str, Any], results: list[Result], source: Path) -> str:
     sections = [header_section(run, results, source), summary_section(results, limits), reproduce_section(),
                 im2col_section(kernel_grid(results, "im2col")), col2im_section(kernel_grid(results, "col2im")),
                 training_sections(epochs, limits), warm_up_section(epochs, in_group(results, "warm-up")),
+                inference_section(framework_grid(results, "inference")),
+                memory_section(framework_grid(results, "memory")), cold_start_section(in_group(results, "cold-start")),
                 method_section(), skipped_section(run), other_section(results)]
     return "\n".join(line for section in sections for line in section)
 

@@ -7,11 +7,14 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 COLUMN_ORDER = ("loops", "strided", "slices", "add_at", "numpy", "numba", "cupy", "pytorch")
 TARGET_BATCH, TARGET_SPEEDUP = 64, 50  # report 1's im2col target: strided >= 50x faster than loops at batch 64
 MEMORY_SLACK = 0.01  # tracemalloc also counts the few hundred bytes of Python objects each version creates
+INFERENCE_TARGET = 2.0     # issue #15: xpnet's inference images/s at least 2x PyTorch's at batch 256
+STEP_MEMORY_TARGET = 1.0   # issue #15: the memory a training step adds at most PyTorch's
+COLD_START_TARGET_S = 10.0  # issue #15: the first run after install waits at most this much longer per model
 
 
 @dataclass(frozen=True)
@@ -139,3 +142,36 @@ def limits_of(results: list[Result]) -> Limits | None:
         return None
     gemm, copy = by_limit["gemm"], by_limit["copy"]
     return Limits(gemm.info["flops"] / gemm.median, copy.info["bytes"] / copy.median)
+
+
+@dataclass(frozen=True)
+class FrameworkGrid:
+    """One footprint group (``inference``, ``memory``): backends incl. ``pytorch`` (columns), (model, batch) rows in
+    the order measured, and results by (backend, model, batch)."""
+
+    backends: list[str]
+    rows: list[tuple[str, int]]
+    cells: dict[tuple[str, str, int], Result]
+
+    def xpnet_backends(self) -> list[str]:
+        return [k for k in self.backends if k != "pytorch"]
+
+    def to_pytorch(self, backend: str, model: str, batch: int, value: Callable[[Result], float]) -> float | None:
+        """``value`` of the (backend, model, batch) result divided by PyTorch's, if both were measured."""
+        mine, peer = self.cells.get((backend, model, batch)), self.cells.get(("pytorch", model, batch))
+        return value(mine) / value(peer) if mine is not None and peer is not None else None
+
+
+def framework_grid(results: list[Result], group: str) -> FrameworkGrid:
+    cells = {(r.info["backend"], r.info["model"], r.info["batch_size"]): r for r in in_group(results, group)}
+    return FrameworkGrid(ordered(k[0] for k in cells), list(dict.fromkeys(k[1:] for k in cells)), cells)
+
+
+def images_per_s(r: Result) -> float:
+    """An inference result's images per second: the images of one pass over the median pass's seconds."""
+    return r.info["images"] / r.median
+
+
+def step_bytes(r: Result) -> int:
+    """A memory result's peak resident bytes during the training steps minus the resident bytes before them."""
+    return r.info["peak_bytes"] - r.info["baseline_bytes"]

@@ -1,6 +1,6 @@
 """The report's result sections as Markdown lines: the two kernel suites, seconds per epoch, the ratio to
-PyTorch, the machine's limits and each epoch as a multiple of its floor, and warm-up. Each section is empty when
-the run did not measure it."""
+PyTorch, the machine's limits and each epoch as a multiple of its floor, warm-up, and the footprint suite's
+inference speed, training-step memory and cold start. Each section is empty when the run did not measure it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import math
 from collections import defaultdict
 from typing import Callable, Iterable, Sequence
 
-from report_results import (MEMORY_SLACK, TARGET_BATCH, TARGET_SPEEDUP, EpochGrid, KernelGrid, Limits, Result,
-                            loops_vs_strided, target_checks)
+from report_results import (COLD_START_TARGET_S, INFERENCE_TARGET, MEMORY_SLACK, STEP_MEMORY_TARGET, TARGET_BATCH,
+                            TARGET_SPEEDUP, EpochGrid, FrameworkGrid, KernelGrid, Limits, Result, images_per_s,
+                            loops_vs_strided, step_bytes, target_checks)
 
 MIB = 1 << 20
 
@@ -160,3 +161,95 @@ def warm_up_section(grid: EpochGrid, compiles: list[Result]) -> list[str]:
         lines += ["First training step on a fresh model (milliseconds; one-off allocations, BLAS and oneDNN "
                   "set-up):", ""] + epoch_table(grid, grid.backends, lambda r, m, b: num(r.info["first_step_s"] * 1e3))
     return lines
+
+
+def sources(results: Iterable[Result]) -> str:
+    """The data sources of ``results``, each once."""
+    return "; ".join(dict.fromkeys(r.info["data"] for r in results))
+
+
+def framework_table(grid: FrameworkGrid, value: Callable[[Result], float]) -> list[str]:
+    """Rows (model, batch): ``value`` of each backend's result, then each xpnet backend's value ÷ PyTorch's."""
+    ratios = [k for k in grid.xpnet_backends() if "pytorch" in grid.backends]
+    rows = []
+    for m, b in grid.rows:
+        row = [m, str(b)] + [num(value(grid.cells[k, m, b])) if (k, m, b) in grid.cells else "—"
+                             for k in grid.backends]
+        rows.append(row + [f"{num(x)}×" if (x := grid.to_pytorch(k, m, b, value)) is not None else "—"
+                           for k in ratios])
+    return table(["model", "batch", *grid.backends, *(f"{k} ÷ PyTorch" for k in ratios)], rows, 2)
+
+
+def inference_section(grid: FrameworkGrid) -> list[str]:
+    if not grid.rows:
+        return []
+    images = next(iter(grid.cells.values())).info["images"]
+    lines = ["## Inference throughput", "",
+             f"Images per second of a no-gradient pass over the first {images:,} images of the data, in order "
+             f"(data: {sources(grid.cells.values())}): xpnet through `xpnet.train.evaluate`, what `python -m xpnet.evaluate` runs (`model.eval()`, "
+             "`xpnet.no_grad()`, the loss and argmax of every batch); PyTorch eager with `model.eval()` and "
+             "`torch.no_grad()` on the same model and weights, in a process of its own. Median of the timed passes, "
+             "after one untimed pass. ÷ PyTorch above 1: xpnet is faster.", ""]
+    lines += framework_table(grid, images_per_s)
+    checks = [(m, b, max(found)) for m, b in grid.rows
+              if (found := [(x, k) for k in grid.xpnet_backends()
+                            if (x := grid.to_pytorch(k, m, b, images_per_s)) is not None])]
+    if not checks:
+        return lines + ["PyTorch was not measured in this run: no target check.", ""]
+    lines += [f"Target (issue #15): xpnet's fastest backend at least {INFERENCE_TARGET:g}× PyTorch's images per "
+              "second at batch 256:", ""]
+    return lines + [f"- {m}, batch {b}: {k} {num(x)}×: **{'met' if x >= INFERENCE_TARGET else 'not met'}**"
+                    for m, b, (x, k) in checks] + [""]
+
+
+def memory_section(grid: FrameworkGrid) -> list[str]:
+    if not grid.rows:
+        return []
+    steps = next(iter(grid.cells.values())).info["steps"]
+    lines = ["## Peak memory of a training step", "",
+             f"Resident memory (MiB) that {steps} Adam steps from a fresh model add, the first step "
+             "included: the process's peak RSS during the steps (VmHWM, reset just before them) minus its RSS once "
+             "the imports, model, optimizer and data were ready (on Numba, with its kernels loaded). Each "
+             "measurement in a fresh process; both frameworks under xpnet's allocator setting and the same thread "
+             f"count. Data: {sources(grid.cells.values())}. ÷ PyTorch below 1: xpnet needs less.", ""]
+    lines += framework_table(grid, lambda r: step_bytes(r) / MIB)
+    baselines = []
+    for k in grid.backends:
+        mib = [c.info["baseline_bytes"] / MIB for (k2, _, _), c in grid.cells.items() if k2 == k]
+        baselines.append(f"{k} {num(min(mib))}–{num(max(mib))}" if len(mib) > 1 else f"{k} {num(mib[0])}")
+    lines += [f"The resident memory before the steps (MiB): {', '.join(baselines)}.", ""]
+    checks = [(m, b, found) for m, b in grid.rows
+              if (found := [(k, x) for k in grid.xpnet_backends()
+                            if (x := grid.to_pytorch(k, m, b, step_bytes)) is not None])]
+    if not checks:
+        return lines + ["PyTorch was not measured in this run: no target check.", ""]
+    lines += ["Target (issue #15): a training step adds no more memory with xpnet than with PyTorch:", ""]
+    return lines + [f"- {m}, batch {b}: " + ", ".join(
+        f"{k} {num(x)}× (**{'met' if x <= STEP_MEMORY_TARGET else 'not met'}**)" for k, x in found)
+        for m, b, found in checks] + [""]
+
+
+def cold_start_section(results: list[Result]) -> list[str]:
+    if not results:
+        return []
+
+    def seconds(value: float | None) -> str:
+        return "—" if value is None else num(value)
+
+    lines = ["## Cold start", "",
+             "Seconds from process start to the end of a fresh model's first training step on the Numba backend "
+             "(float32): in a new process whose Numba cache is an empty folder (the first run after install), then "
+             "in another once that run has filled it; *extra* is what the first run waits for Numba to compile the "
+             f"model's kernels. Data: {sources(results)}.", ""]
+    lines += table(["model", "batch", "empty cache (s)", "filled cache (s)", "extra (s)"],
+                   [[r.info["model"], str(r.info["batch_size"]), seconds(r.info["cold_s"]), seconds(r.info["warm_s"]),
+                     seconds(r.info["extra_s"])] for r in results], 2)
+    unmeasured = [f"Not measured for {r.info['model']}: {r.info['note']}." for r in results
+                  if r.info["extra_s"] is None]
+    lines += [*unmeasured, ""] if unmeasured else []
+    measured = [r for r in results if r.info["extra_s"] is not None]
+    if not measured:
+        return lines
+    lines += [f"Target (issue #15): at most {COLD_START_TARGET_S:g} s extra per model:", ""]
+    return lines + [f"- {r.info['model']}: {num(r.info['extra_s'])} s: "
+                    f"**{'met' if r.info['extra_s'] <= COLD_START_TARGET_S else 'not met'}**" for r in measured] + [""]

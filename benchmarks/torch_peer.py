@@ -11,7 +11,11 @@ pytest-benchmark's clock: it times the round trip of one command over a pipe.
 (PyTorch's warm-up), and prints one JSON line describing itself. Then, for each line on stdin:
 
 - ``prepare E``: draw epoch E's shuffle (xpnet's DataLoader order, ``default_rng([seed, E])``); prints ``ok``;
-- ``run``: train one pass over that order, as ``xpnet.train.train_epoch`` does; prints the mean loss.
+- ``run``: train one pass over that order, as ``xpnet.train.train_epoch`` does; prints the mean loss;
+- ``infer``: one no-gradient pass over all the images in order, as ``xpnet.train.evaluate`` does (for
+  ``bench_footprint.py``); prints the accuracy.
+
+``bench_footprint.py``'s memory children also use ``load_images``, ``twin`` and ``train_round``.
 """
 
 from __future__ import annotations
@@ -53,14 +57,42 @@ def train_round(net: torch.nn.Module, optimizer: torch.optim.Optimizer, images: 
     return float(loss_sum) / len(order_t)
 
 
+def infer_round(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+    """What ``xpnet.train.evaluate`` does, in PyTorch: eval mode and no gradient, batches in order, the loss and the
+    argmax of each; returns the accuracy (predictions brought to the host once, as xpnet's) and restores the mode."""
+    was_training = net.training
+    net.eval()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    loss_sum, predictions = torch.zeros((), device=images.device), []
+    with torch.no_grad():
+        for lo in range(0, len(labels), batch_size):
+            x, y = images[lo:lo + batch_size], labels[lo:lo + batch_size]
+            logits = net(x)
+            loss_sum += loss_fn(logits, y) * len(y)
+            predictions.append(logits.argmax(dim=1))
+    net.train(was_training)
+    predicted = torch.cat(predictions).cpu().numpy()
+    return float((predicted == labels.cpu().numpy()).mean())
+
+
+def load_images(data_path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The .npz's images as float32 / 255 (N, C, H, W), as xpnet's DataLoader scales them, and its int64 labels."""
+    with np.load(data_path) as data:
+        raw, labels = data["images"], torch.from_numpy(data["labels"].astype(np.int64))
+    return torch.from_numpy(raw.astype(np.float32) / np.float32(255)).reshape(len(raw), -1, *raw.shape[-2:]), labels
+
+
+def twin(model_name: str, seed: int) -> torch.nn.Module:
+    """The PyTorch twin of xpnet's ``model_name`` built from ``seed``: same layers and initial weights."""
+    xpnet.manual_seed(seed)
+    return to_torch(build_model(model_name))
+
+
 def main(data_path: str, model_name: str, batch_size: str, seed: str, threads: str) -> None:
     batch, seed_value = int(batch_size), int(seed)
     torch.set_num_threads(int(threads))
-    with np.load(data_path) as data:
-        raw, labels = data["images"], torch.from_numpy(data["labels"].astype(np.int64))
-    images = torch.from_numpy(raw.astype(np.float32) / np.float32(255)).reshape(len(raw), -1, *raw.shape[-2:])
-    xpnet.manual_seed(seed_value)
-    net = to_torch(build_model(model_name))
+    images, labels = load_images(data_path)
+    net = twin(model_name, seed_value)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
 
     start = time.perf_counter()
@@ -79,6 +111,8 @@ def main(data_path: str, model_name: str, batch_size: str, seed: str, threads: s
             print("ok", flush=True)
         elif command[0] == "run":
             print(train_round(net, optimizer, images, labels, batch, order), flush=True)
+        elif command[0] == "infer":
+            print(infer_round(net, images, labels, batch), flush=True)
 
 
 if __name__ == "__main__":

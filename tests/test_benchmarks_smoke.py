@@ -26,14 +26,22 @@ import bench_smoke  # tests/ is on sys.path, as for local_http
 from bench_smoke import REPO, SUITES
 GRID_MODELS = ("report1", "report2", "lenet5")  # timed at every batch size; the ResNet at one, on Fashion-MNIST
 HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
+HAS_CLEAR_REFS = Path("/proc/self/clear_refs").exists()  # bench_footprint's memory tests reset peak RSS through it
+MIB = 1 << 20
 
 requires_benchmark = pytest.mark.skipif(importlib.util.find_spec("pytest_benchmark") is None,
                                         reason="pytest-benchmark is not installed: pip install 'xpnet[bench]'")
 
 
+def group_results(out: Path, group: str) -> list[dict]:
+    """The smoke run's benchmarks of one pytest-benchmark group."""
+    return [b for b in json.loads((out / "results.json").read_text())["benchmarks"] if b["group"] == group]
+
+
 def epoch_results(out: Path) -> list[dict]:
     """The training benchmarks of the smoke run."""
-    return [b for b in json.loads((out / "results.json").read_text())["benchmarks"] if b["group"] == "epoch"]
+    return group_results(out, "epoch")
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +61,26 @@ def test_every_suite_runs(smoke_run: tuple[subprocess.CompletedProcess, Path]) -
         assert suite.removesuffix(".py").replace("/", ".") in modules, f"{suite} collected no test"
 
 
-@requires_benchmark
-def test_report_renders_every_table(smoke_run: tuple[subprocess.CompletedProcess, Path], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def report(smoke_run: tuple[subprocess.CompletedProcess, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """benchmarks/report.py's Markdown from the smoke run's JSON, in a folder of its own with the charts."""
     done, out = smoke_run
     assert (out / "results.json").is_file(), f"no benchmark JSON written:\n{done.stdout[-3000:]}"
-    report = tmp_path / "benchmarks.md"
-    rendered = subprocess.run([sys.executable, "benchmarks/report.py", str(out / "results.json"), "--out", str(report)],
+    path = tmp_path_factory.mktemp("report") / "benchmarks.md"
+    rendered = subprocess.run([sys.executable, "benchmarks/report.py", str(out / "results.json"), "--out", str(path)],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
     assert rendered.returncode == 0, rendered.stderr
+    return path
+
+
+@requires_benchmark
+def test_report_renders_every_table(smoke_run: tuple[subprocess.CompletedProcess, Path], report: Path) -> None:
+    _, out = smoke_run
     text = report.read_text()
     headings = ["## Summary", "## im2col", "## col2im", "## Seconds per training epoch", "## Machine limits",
                 "## Multiple of the floor", "## Warm-up", "## Reproduce", "## Method"]
+    headings += ["## Inference throughput", *(["## Peak memory of a training step"] if HAS_CLEAR_REFS else []),
+                 *(["## Cold start"] if HAS_NUMBA else [])]
     headings += ["## Ratio to PyTorch"] if HAS_TORCH else []
     for heading in headings:
         assert heading in text, f"{heading!r} missing from the report"
@@ -72,7 +89,7 @@ def test_report_renders_every_table(smoke_run: tuple[subprocess.CompletedProcess
     for model in GRID_MODELS:
         assert f"| {model} | 64 | " in text, f"no batch-64 row for {model}"
     for chart in ("bench_im2col.png", "bench_col2im.png", "bench_epoch.png"):
-        assert (tmp_path / chart).stat().st_size > 0
+        assert (report.parent / chart).stat().st_size > 0
     epochs = epoch_results(out)
     assert {"numpy", *(["pytorch"] if HAS_TORCH else [])} <= {b["extra_info"]["backend"] for b in epochs}
     resnet = next(b["extra_info"] for b in epochs if b["extra_info"]["model"] == "resnet")
@@ -102,11 +119,118 @@ def test_every_named_model_is_timed(smoke_run: tuple[subprocess.CompletedProcess
 def test_pytorch_runs_in_the_users_thread_environment(smoke_run: tuple[subprocess.CompletedProcess, Path]) -> None:
     """xpnet's OMP_WAIT_POLICY=passive slowed PyTorch 1.2-1.7x; the peer must not inherit it."""
     done, out = smoke_run
-    peers = [b for b in epoch_results(out) if b["extra_info"].get("framework") == "pytorch"]
+    peers = [b for b in epoch_results(out) + group_results(out, "inference")
+             if b["extra_info"].get("framework") == "pytorch"]
     assert peers, f"the PyTorch peer did not run:\n{done.stdout[-3000:]}"
     for peer in peers:
         for name, value in peer["extra_info"]["thread_environment"].items():
             assert value == xpnet.threads.user_environment().get(name), f"PyTorch ran with {name}={value}"
+
+
+# --- benchmarks/bench_footprint.py: inference speed, training-step memory, cold start --------------------------------
+
+def section(text: str, heading: str) -> str:
+    """The report's section under ``heading``, up to the next heading of its level."""
+    assert heading in text, f"{heading!r} missing from the report"
+    return text.split(heading, 1)[1].split("\n## ", 1)[0]
+
+
+def row(text: str, model: str, batch: int) -> list[str]:
+    """The cells of the table row of (model, batch) in ``text``, which must hold exactly one."""
+    rows = [line for line in text.splitlines() if line.startswith(f"| {model} | {batch} | ")]
+    assert len(rows) == 1, f"{len(rows)} rows for {model} at batch {batch} in:\n{text}"
+    return [cell.strip() for cell in rows[0].strip("|").split("|")]
+
+
+def shown(cell: str) -> float:
+    """A number as the report prints it (3 significant figures, thousands commas, maybe a trailing ×)."""
+    return float(cell.removesuffix("×").replace(",", ""))
+
+
+def by_backend(out: Path, group: str) -> dict[str, dict]:
+    results = group_results(out, group)
+    assert len({b["extra_info"]["model"] for b in results}) == 1, "smoke mode measures one model"
+    return {b["extra_info"]["backend"]: b for b in results}
+
+
+@requires_benchmark
+def test_inference_results_and_table(smoke_run: tuple[subprocess.CompletedProcess, Path], report: Path) -> None:
+    """One row per model: each backend's images per second and xpnet's ratio to PyTorch, as the JSON gives them."""
+    _, out = smoke_run
+    results = by_backend(out, "inference")
+    assert set(results) == {"numpy", *(["numba"] if HAS_NUMBA else []), *(["pytorch"] if HAS_TORCH else [])}
+    for b in results.values():
+        info = b["extra_info"]
+        assert info["images"] > 0 and info["batch_size"] > 0 and b["stats"]["median"] > 0
+        assert 0 <= info["accuracy"] <= 1 and info["first_pass_s"] > 0
+    rate = {k: b["extra_info"]["images"] / b["stats"]["median"] for k, b in results.items()}
+    info = results["numpy"]["extra_info"]
+    text = section(report.read_text(), "## Inference throughput")
+    cells = dict(zip(["model", "batch", *sorted(rate, key=["numpy", "numba", "pytorch"].index)],
+                     row(text, info["model"], info["batch_size"])))
+    for backend, value in rate.items():
+        assert shown(cells[backend]) == pytest.approx(value, rel=0.01)
+    if HAS_TORCH:
+        ratio = row(text, info["model"], info["batch_size"])[len(rate) + 2]  # the numpy ÷ PyTorch column
+        assert shown(ratio) == pytest.approx(rate["numpy"] / rate["pytorch"], rel=0.01)
+        assert "Target (issue #15): xpnet's fastest backend at least 2× PyTorch's" in text
+        assert f"- {info['model']}, batch {info['batch_size']}: " in text and "met**" in text
+
+
+@requires_benchmark
+@pytest.mark.skipif(not HAS_CLEAR_REFS, reason="the memory benchmarks need Linux's /proc/self/clear_refs")
+def test_memory_results_and_table(smoke_run: tuple[subprocess.CompletedProcess, Path], report: Path) -> None:
+    """Each framework's step memory (peak minus baseline RSS) and xpnet's ratio to PyTorch's."""
+    _, out = smoke_run
+    results = by_backend(out, "memory")
+    assert set(results) == {"numpy", *(["pytorch"] if HAS_TORCH else [])}  # smoke mode: NumPy and PyTorch
+    assert {b["extra_info"]["framework"] for b in results.values()} == {"xpnet", *(["pytorch"] if HAS_TORCH else [])}
+    step = {}
+    for backend, b in results.items():
+        info = b["extra_info"]
+        assert info["peak_bytes"] > info["baseline_bytes"] > 0, f"{backend}: a step allocated nothing?"
+        assert info["steps"] >= 1 and info["batch_size"] > 0
+        step[backend] = (info["peak_bytes"] - info["baseline_bytes"]) / MIB
+    info = results["numpy"]["extra_info"]
+    text = section(report.read_text(), "## Peak memory of a training step")
+    cells = row(text, info["model"], info["batch_size"])
+    assert shown(cells[2]) == pytest.approx(step["numpy"], rel=0.01)
+    assert "The resident memory before the steps (MiB): numpy" in text
+    if HAS_TORCH:
+        assert shown(cells[3]) == pytest.approx(step["pytorch"], rel=0.01)
+        assert shown(cells[4]) == pytest.approx(step["numpy"] / step["pytorch"], rel=0.01)
+        assert f"- {info['model']}, batch {info['batch_size']}: numpy " in text
+
+
+@pytest.mark.skipif(not HAS_CLEAR_REFS, reason="needs Linux's /proc/self/clear_refs")
+def test_peak_rss_reset_forgets_an_earlier_peak() -> None:
+    """What the memory numbers rest on: after ``reset_peak_rss`` VmHWM no longer counts memory freed before it."""
+    code = ("import numpy as np\nfrom bench_footprint import reset_peak_rss, status_bytes\n"
+            "a = np.ones(300 << 20, np.uint8)\ndel a\nbefore = status_bytes('VmHWM')\nbase = reset_peak_rss()\n"
+            "print(before, base, status_bytes('VmHWM'))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO / "benchmarks", capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    before, base, after = map(int, done.stdout.split())
+    assert before - after > 250 * MIB, "the 300 MiB array freed before the reset still counts in the peak"
+    assert abs(after - base) < 8 * MIB
+
+
+@requires_benchmark
+def test_cold_start_results_and_table(smoke_run: tuple[subprocess.CompletedProcess, Path], report: Path) -> None:
+    """Smoke mode runs only the warm-cache process, for one model, and the report says so."""
+    _, out = smoke_run
+    if not HAS_NUMBA:
+        assert not group_results(out, "cold-start")
+        return
+    (result,) = group_results(out, "cold-start")
+    info = result["extra_info"]
+    assert info["cold_s"] is None and info["extra_s"] is None and info["warm_s"] > 0
+    assert info["backend"] == "numba" and "smoke mode" in info["note"]
+    text = section(report.read_text(), "## Cold start")
+    cells = row(text, info["model"], info["batch_size"])
+    assert cells[2] == "—" and shown(cells[3]) == pytest.approx(info["warm_s"], rel=0.01) and cells[4] == "—"
+    assert f"Not measured for {info['model']}: smoke mode" in text
 
 
 # --- benchmarks/model_costs.py: the work per image the report's floors are built on ---------------------------------
