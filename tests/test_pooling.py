@@ -272,7 +272,7 @@ def test_global_average_pooling_is_one_mean():
     """Output size 1 (a ResNet head) takes the mean path: no window passes, no bin matrices."""
     x = xpnet.tensor(np.random.default_rng(3).standard_normal((4, 6, 7, 7)), requires_grad=True)
     out = F.adaptive_avg_pool2d(x, 1)
-    assert out._fn is F.GlobalAvgPool2d
+    assert out._node.fn is F.GlobalAvgPool2d
     np.testing.assert_allclose(out.numpy(), x.numpy().mean(axis=(2, 3), keepdims=True), rtol=1e-15)
     out.sum().backward()
     np.testing.assert_array_equal(x.grad, np.full(x.shape, 1 / 49))

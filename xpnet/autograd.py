@@ -1,8 +1,10 @@
 """Reverse-mode autograd over backend arrays: ``Tensor``, ``Function`` and the elementary ops.
 
 A ``Function`` computes its forward and backward on raw arrays of the active backend; ``Function.apply``
-wraps the result in a ``Tensor`` that remembers how it was made. ``Tensor.backward()`` walks that graph once in
-reverse topological order, summing the gradients of tensors used more than once.
+wraps the result in a ``Tensor`` whose ``Node`` remembers how it was made. ``Tensor.backward()`` walks the graph
+of nodes once in reverse topological order, summing the gradients of tensors used more than once. Nodes hold
+what each backward needs (its saved arrays) but not the tensors themselves, so an intermediate result that no
+backward saved is freed as soon as the forward is done with it, as in PyTorch.
 """
 
 from __future__ import annotations
@@ -78,6 +80,17 @@ class Context:
         self.saved = arrays
 
 
+class Node:
+    """How a non-leaf tensor was made: its Function, the Context its forward filled, and per input an edge (the
+    input's own Node, the input itself if it is a leaf that needs a gradient, or None) and its (shape, dtype), which
+    the backward's gradients are checked against."""
+
+    __slots__ = ("fn", "ctx", "edges", "inputs_meta")
+
+    def __init__(self, fn: type[Function], ctx: Context, edges: tuple, inputs_meta: tuple):
+        self.fn, self.ctx, self.edges, self.inputs_meta = fn, ctx, edges, inputs_meta
+
+
 class Tensor:
     """An array of the active backend, with the gradient machinery around it."""
 
@@ -95,16 +108,14 @@ class Tensor:
         self.data = data
         self.requires_grad = requires_grad
         self.grad: Any = None
-        self._ctx: Context | None = None
-        self._fn: type[Function] | None = None
-        self._inputs: tuple[Tensor, ...] = ()
+        self._node: Node | None = None  # None for a leaf
 
     # --- array-like -----------------------------------------------------------------------------------------
     shape = property(lambda self: tuple(self.data.shape))
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
     size = property(lambda self: int(self.data.size))
-    is_leaf = property(lambda self: self._fn is None)
+    is_leaf = property(lambda self: self._node is None)
 
     def __len__(self) -> int:
         return self.data.shape[0]
@@ -140,21 +151,25 @@ class Tensor:
             if self.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar, got shape {self.shape}")
             grad = xp.ones_like(self.data)
-        grads: dict[int, Any] = {id(self): _output_grad(grad, self)}
-        for node in reversed(_topological_order(self)):
-            g = grads.pop(id(node), None)
+        root = self if self._node is None else self._node
+        grads: dict[int, Any] = {id(root): _output_grad(grad, self)}
+        for item in reversed(_topological_order(root)):
+            g = grads.pop(id(item), None)
             if g is None:
                 continue
-            if node._fn is None:
-                node.grad = g if node.grad is None else node.grad + g
+            if isinstance(item, Tensor):  # a leaf
+                item.grad = g if item.grad is None else item.grad + g
                 continue
-            input_grads = _checked_input_grads(node, node._fn.backward(node._ctx, g))
-            for parent, pg in zip(node._inputs, input_grads):
-                if pg is None or not parent.requires_grad:
+            if item.ctx is None:
+                raise RuntimeError(f"backward() through the graph a second time: {item.fn.__name__}'s saved arrays "
+                                   "were freed by the first (run the forward pass again)")
+            input_grads = _checked_input_grads(item, item.fn.backward(item.ctx, g))
+            for edge, pg in zip(item.edges, input_grads):
+                if pg is None or edge is None:
                     continue
-                key = id(parent)
+                key = id(edge)
                 grads[key] = pg if key not in grads else grads[key] + pg
-            node._ctx = None  # free saved arrays as soon as they are used
+            item.ctx = None  # free saved arrays as soon as they are used
 
     # --- operators -------------------------------------------------------------------------------------------
     def __add__(self, other: Any) -> Tensor: return Add.apply(self, _like(other, self))
@@ -206,23 +221,24 @@ def _output_grad(grad: Any, out: Tensor) -> Any:
     return data if data.dtype == out.dtype else data.astype(out.dtype)
 
 
-def _checked_input_grads(node: Tensor, input_grads: Any) -> list:
+def _checked_input_grads(node: Node, input_grads: Any) -> list:
     """A Function's backward result as one gradient (or None) per input, each of its input's shape (a defensive
     check naming the Function: a wrong shape would broadcast silently into a leaf's ``.grad``) and dtype (cast, as
     PyTorch does, so a gradient's dtype never depends on how a backend promotes)."""
     grads = list(input_grads) if isinstance(input_grads, tuple) else [input_grads]
-    name = node._fn.__name__  # type: ignore[union-attr]
-    if len(grads) != len(node._inputs):
-        raise RuntimeError(f"{name}.backward returned {len(grads)} gradients, expected {len(node._inputs)} "
+    name = node.fn.__name__
+    if len(grads) != len(node.edges):
+        raise RuntimeError(f"{name}.backward returned {len(grads)} gradients, expected {len(node.edges)} "
                            f"(one per input)")
-    for index, (parent, pg) in enumerate(zip(node._inputs, grads)):
-        if pg is None or not parent.requires_grad:
+    for index, (edge, meta, pg) in enumerate(zip(node.edges, node.inputs_meta, grads)):
+        if pg is None or edge is None:
             continue
-        if tuple(pg.shape) != parent.shape:
+        shape, dtype = meta
+        if tuple(pg.shape) != shape:
             raise RuntimeError(f"{name}.backward returned a gradient of shape {tuple(pg.shape)} for input {index}, "
-                               f"expected {parent.shape} (that input's shape)")
-        if pg.dtype != parent.dtype:
-            grads[index] = pg.astype(parent.dtype)
+                               f"expected {shape} (that input's shape)")
+        if pg.dtype != dtype:
+            grads[index] = pg.astype(dtype)
     return grads
 
 
@@ -246,26 +262,31 @@ def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...] | None
     return tuple(sorted(a % ndim for a in axes))
 
 
-def _topological_order(root: Tensor) -> list[Tensor]:
-    """Tensors reachable from ``root`` that need a gradient, every input before the tensors made from it."""
-    order: list[Tensor] = []
+def _topological_order(root: Node | Tensor) -> list[Node | Tensor]:
+    """The nodes and leaves reachable from ``root`` that need a gradient, every input before what was made from
+    it."""
+    order: list[Node | Tensor] = []
     visited: set[int] = set()
-    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    stack: list[tuple[Node | Tensor, bool]] = [(root, False)]
     while stack:
-        node, expanded = stack.pop()
+        item, expanded = stack.pop()
         if expanded:
-            order.append(node)
+            order.append(item)
             continue
-        if id(node) in visited:
+        if id(item) in visited:
             continue
-        visited.add(id(node))
-        stack.append((node, True))
-        stack.extend((p, False) for p in node._inputs if p.requires_grad and id(p) not in visited)
+        visited.add(id(item))
+        stack.append((item, True))
+        if isinstance(item, Node):
+            stack.extend((e, False) for e in item.edges if e is not None and id(e) not in visited)
     return order
 
 
-_CONSTANT = Tensor.__new__(Tensor)  # stands in for a None input in the graph; never needs a gradient
-_CONSTANT.requires_grad, _CONSTANT._fn, _CONSTANT._inputs, _CONSTANT.data = False, None, (), None
+def _edge(t: Tensor | None) -> Node | Tensor | None:
+    """What the graph keeps of an input: its Node, itself if it is a leaf needing a gradient, else nothing."""
+    if t is None or not t.requires_grad:
+        return None
+    return t if t._node is None else t._node
 
 
 def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
@@ -299,10 +320,10 @@ class Function:
         out.data = cls.forward(ctx, *(None if t is None else t.data for t in inputs), **options)
         out.grad = None
         out.requires_grad = _grad_enabled and any(needs)
+        out._node = None
         if out.requires_grad:
-            out._ctx, out._fn, out._inputs = ctx, cls, tuple(t if t is not None else _CONSTANT for t in inputs)
-        else:
-            out._ctx, out._fn, out._inputs = None, None, ()
+            out._node = Node(cls, ctx, tuple(_edge(t) for t in inputs),
+                             tuple(None if t is None else (t.shape, t.dtype) for t in inputs))
         observer = getattr(_observer, "callback", None)
         if observer is not None:
             observer(cls, inputs, options, out, ctx)
