@@ -186,8 +186,8 @@ def inference_section(grid: FrameworkGrid) -> list[str]:
     images = next(iter(grid.cells.values())).info["images"]
     lines = ["## Inference throughput", "",
              f"Images per second of a no-gradient pass over the first {images:,} images of the data, in order "
-             f"(data: {sources(grid.cells.values())}): xpnet through `xpnet.train.evaluate`, what `python -m xpnet.evaluate` runs (`model.eval()`, "
-             "`xpnet.no_grad()`, the loss and argmax of every batch); PyTorch eager with `model.eval()` and "
+             f"(data: {sources(grid.cells.values())}): xpnet through `xpnet.train.evaluate`, what "
+             "`python -m xpnet.evaluate` runs (`model.eval()`, `xpnet.no_grad()`, the loss and argmax of every batch); PyTorch eager with `model.eval()` and "
              "`torch.no_grad()` on the same model and weights, in a process of its own. Median of the timed passes, "
              "after one untimed pass. ÷ PyTorch above 1: xpnet is faster.", ""]
     lines += framework_table(grid, images_per_s)
