@@ -29,8 +29,10 @@ threads.set_default(*threads.OPENMP_SPIN)
 
 from numba import njit, prange, uint64  # noqa: E402
 
+from xpnet import autograd  # noqa: E402
 from xpnet.backend import Backend  # noqa: E402
 from xpnet.backends import numba_conv, numba_depthwise  # noqa: E402
+from xpnet.backends.numba_ahead import AHEAD  # noqa: E402
 from xpnet.backends.numba_jit import CACHE, PARALLEL  # noqa: E402
 from xpnet import kernels, validate  # noqa: E402
 from xpnet.kernels import out_size  # noqa: E402
@@ -398,6 +400,36 @@ def _as_dtype(dtype: Any, *vectors: Any) -> list[Any]:
     return [numpy.ascontiguousarray(v, dtype=dtype) for v in vectors]
 
 
+# Each op whose backward has kernels of its own, with those kernels: what ``numba_ahead`` compiles in its helper
+# while the forward pass runs (a kernel the forward already compiles, such as the direct convolution's, is left out).
+BACKWARD_KERNELS: dict[str, tuple[Any, ...]] = {
+    "conv_direct": numba_conv.DIRECT_BACKWARD_KERNELS,
+    "conv_gemm": numba_conv.GEMM_BACKWARD_KERNELS,
+    "depthwise_unit_stride": numba_depthwise.UNIT_STRIDE_BACKWARD_KERNELS,
+    "depthwise_strided": numba_depthwise.STRIDED_BACKWARD_KERNELS,
+    "relu": (_relu_backward,),
+    "batch_norm": (_batch_norm_grad_sums, _batch_norm_input_grad),
+    "max_pool_tiled": (_max_pool_backward_tiled,),
+    "max_pool": (_max_pool_backward,),
+    "avg_pool": (_avg_pool_backward,),
+}
+
+
+def _expect_backward(op: str, dtype: Any) -> None:
+    """A forward op under autograd: its backward kernels may compile in the helper meanwhile (``numba_ahead``)."""
+    if autograd.is_grad_enabled():
+        AHEAD.expect(op, numpy.dtype(dtype).name, BACKWARD_KERNELS[op])
+
+
+def _await_backward(op: str, dtype: Any) -> None:
+    """Before ``op``'s backward kernels run: wait for the helper if it is compiling them (``numba_ahead``)."""
+    AHEAD.wait(op, numpy.dtype(dtype).name)
+
+
+def _depthwise_op(stride: tuple[int, int]) -> str:
+    return "depthwise_unit_stride" if tuple(stride) == (1, 1) else "depthwise_strided"
+
+
 class NumbaBackend(Backend):
     """NumPy arrays; direct convolution for small stride-1 layers, depthwise convolution, and im2col, col2im and
     pooling as parallel, cached Numba kernels."""
@@ -443,6 +475,7 @@ class NumbaBackend(Backend):
         x = kernels.pad_for_pool(numpy, x, padding, padded_hw, kernels.max_pool_fill(x.dtype))
         shape = (*x.shape[:2], *out_hw)
         out, argmax = numpy.empty(shape, dtype=x.dtype), numpy.empty(shape, dtype=numpy.int64)
+        _expect_backward("max_pool_tiled" if kernel == stride else "max_pool", x.dtype)
         if kernel == stride == (2, 2):
             _max_pool_forward_2x2(numpy.ascontiguousarray(x), out, argmax)
         else:
@@ -458,6 +491,7 @@ class NumbaBackend(Backend):
         validate.shape("max-pool argmax", argmax.shape, gout.shape)
         gx = numpy.empty((*x_shape[:2], *padded_hw), dtype=gout.dtype)
         gout, argmax = numpy.ascontiguousarray(gout), numpy.ascontiguousarray(argmax)
+        _await_backward("max_pool_tiled" if kernel == stride else "max_pool", gout.dtype)
         if kernel == stride:
             _max_pool_backward_tiled(gout, argmax, gx, *kernel)
         else:
@@ -475,6 +509,7 @@ class NumbaBackend(Backend):
         divisor = self._avg_divisor(x.shape, kernel, stride, padding, out_hw, count_include_pad, divisor_override,
                                     x.dtype)
         out = numpy.empty((*x.shape[:2], *out_hw), dtype=x.dtype)
+        _expect_backward("avg_pool", x.dtype)
         _avg_pool_forward(numpy.ascontiguousarray(x), out, divisor, *kernel, *stride, *padding, *padded_hw)
         return out
 
@@ -490,6 +525,7 @@ class NumbaBackend(Backend):
         divisor = self._avg_divisor(x_shape, kernel, stride, padding, out_hw, count_include_pad, divisor_override,
                                     gout.dtype)
         gx = numpy.empty(x_shape, dtype=gout.dtype)
+        _await_backward("avg_pool", gout.dtype)
         _avg_pool_backward(numpy.ascontiguousarray(gout), gx, divisor, *kernel, *stride, *padding, *padded_hw)
         return gx
 
@@ -505,6 +541,7 @@ class NumbaBackend(Backend):
     def relu_forward(self, x: Any) -> Any:
         x = numpy.ascontiguousarray(x)
         out = numpy.empty_like(x)
+        _expect_backward("relu", x.dtype)
         _relu_forward(x, out)
         return out
 
@@ -512,6 +549,7 @@ class NumbaBackend(Backend):
         validate.shape("relu gradient", g.shape, out.shape)
         g = numpy.ascontiguousarray(g)
         gx = numpy.empty_like(g)
+        _await_backward("relu", g.dtype)
         _relu_backward(numpy.ascontiguousarray(out), g, gx)
         return gx
 
@@ -525,6 +563,8 @@ class NumbaBackend(Backend):
                            dilation, groups)
         validate.same_dtype("conv2d_forward", "x", x.dtype, w=w, b=b)
         path = _conv_path(x.shape, w.shape, stride, padding, dilation, groups)
+        if path != "generic":
+            _expect_backward(_depthwise_op(stride) if path == "depthwise" else f"conv_{path}", x.dtype)
         if path == "direct":
             x = numpy.ascontiguousarray(x)
             return numba_conv.conv_forward(x, numpy.ascontiguousarray(w), b, padding), x
@@ -543,6 +583,8 @@ class NumbaBackend(Backend):
                                                                                dilation))
         validate.same_dtype("conv2d_backward", "w", w.dtype, g=g)
         path = _conv_path(x_shape, w.shape, stride, padding, dilation, groups)
+        if path != "generic":
+            _await_backward(_depthwise_op(stride) if path == "depthwise" else f"conv_{path}", g.dtype)
         if path == "depthwise":
             return self._depthwise_backward(residual, w, g, x_shape, stride, padding, dilation, needs)
         if path == "gemm":
@@ -577,6 +619,7 @@ class NumbaBackend(Backend):
             if v is not None:
                 validate.shape(f"batch-norm {what}", v.shape, (c,))
         mean, var = numpy.empty(c), numpy.empty(c)
+        _expect_backward("batch_norm", x3.dtype)
         _batch_norm_stats(x3, mean, var)
         invstd = 1 / numpy.sqrt(var + eps)
         scale = invstd if weight is None else invstd * weight
@@ -595,6 +638,7 @@ class NumbaBackend(Backend):
         c, count = x3.shape[1], x3.shape[0] * x3.shape[2]
         gsum, gdot = numpy.empty(c), numpy.empty(c)
         shift = mean.astype(x3.dtype)
+        _await_backward("batch_norm", x3.dtype)
         _batch_norm_grad_sums(g3, x3, shift, gsum, gdot)
         gx = None
         if need_x:
@@ -605,6 +649,39 @@ class NumbaBackend(Backend):
             gx = gx.reshape(x_shape)
         dtype = x3.dtype
         return gx, (gdot * invstd).astype(dtype) if need_w else None, gsum.astype(dtype) if need_b else None
+
+    @classmethod
+    def compile_backward(cls, op: str, dtype: str) -> None:
+        """Compile (or load) the kernels ``BACKWARD_KERNELS[op]`` for ``dtype`` by running that backward on tiny
+        inputs built as a real forward builds them, so that Numba sees the same argument types (what the helper of
+        ``numba_ahead`` runs; ``tests/test_numba_ahead.py`` checks that a real step adds no other signature)."""
+        if op not in BACKWARD_KERNELS:
+            raise ValueError(f"compile_backward: op must be one of {sorted(BACKWARD_KERNELS)}, got {op!r}")
+        backend, x = cls(), numpy.zeros((1, 1, 4, 4), dtype=dtype)
+        w, one, two = numpy.zeros((1, 1, 3, 3), dtype=dtype), (1, 1), (2, 2)
+        if op == "conv_direct":  # the input gradient is a forward convolution, compiled by the forward pass
+            numba_conv.conv_param_grads(x, x, w.shape, one)
+        elif op == "conv_gemm":
+            cols = numpy.zeros((9, 4), dtype=dtype)  # im2col_rows's columns for stride 2, padding 1
+            numba_conv.gemm_backward(cols, w, x[:, :, :2, :2].copy(), x.shape, two, one, one, (True, True, True))
+        elif op.startswith("depthwise"):
+            stride = one if op == "depthwise_unit_stride" else two
+            x2, w2 = numpy.zeros((1, 2, 4, 4), dtype=dtype), numpy.zeros((2, 1, 3, 3), dtype=dtype)
+            g = numpy.zeros((1, 2, 4 // stride[0], 4 // stride[1]), dtype=dtype)
+            backend._depthwise_backward(x2, w2, g, x2.shape, stride, one, one, (True, True, True))
+        elif op == "relu":
+            backend.relu_backward(x, x)
+        elif op == "batch_norm":  # batch_norm_forward's residual: (N, C, M) input, its shape, mean, 1/std, weight
+            x3 = x.reshape(1, 1, -1)
+            backend.batch_norm_backward((x3, x.shape, numpy.zeros(1), numpy.ones(1), None), x, (True, True, True))
+        elif op.startswith("max_pool"):
+            kernel, stride, padding = (two, two, (0, 0)) if op == "max_pool_tiled" else ((3, 3), one, one)
+            out_hw = (2, 2) if op == "max_pool_tiled" else (4, 4)
+            gout = numpy.zeros((1, 1, *out_hw), dtype=dtype)
+            backend.max_pool_backward(gout, numpy.zeros(gout.shape, dtype=numpy.int64), x.shape, kernel, stride,
+                                      padding)
+        else:  # avg_pool: an overlapping window, which always takes the compiled kernel
+            backend.avg_pool_backward(x, x.shape, (3, 3), one, one, False, True, None)
 
     @classmethod
     def warm_up(cls, dtypes: Iterable[str] = ("float32", "float64")) -> float:

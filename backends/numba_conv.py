@@ -305,6 +305,11 @@ def _batch_to_rows(g, rows):
             rf[dst + k] = gf[src + k]
 
 
+# The kernels each path's backward adds to its forward's (the direct input gradient is a forward convolution).
+DIRECT_BACKWARD_KERNELS = (_conv_weight_grad,)
+GEMM_BACKWARD_KERNELS = (_batch_to_rows, _col2im_rows)
+
+
 def im2col_rows(x: numpy.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                 dilation: tuple[int, int]) -> numpy.ndarray:
     """The windows of x (N, C, H, W) as one (C*KH*KW, N*OH*OW) matrix: a column per output pixel of every sample,

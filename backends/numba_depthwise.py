@@ -223,6 +223,11 @@ def _param_grads_strided(x, g, gw_part, gb_part, sy, sx, ph, pw, dy, dx):
                 gw_part[s, o, i, j] = acc
 
 
+# The kernels each stride's backward uses.
+UNIT_STRIDE_BACKWARD_KERNELS = (_input_grad_unit_stride, _param_grads_unit_stride)
+STRIDED_BACKWARD_KERNELS = (_input_grad_strided, _param_grads_strided)
+
+
 def _output_shape(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, int],
                   padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int, int, int]:
     """(N, OC, OH, OW), after refusing what the unchecked loops would misread: anything but one input channel
