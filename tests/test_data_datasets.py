@@ -2,10 +2,13 @@
 format through the real readers, the Debian package source, the cache, downloads from local HTTP mirrors with
 checksum mismatches, and the not-found message."""
 
+import contextlib
 import gzip
 import hashlib
+import http.server
 import io
 import tarfile
+import threading
 
 import numpy as np
 import pytest
@@ -13,11 +16,12 @@ from PIL import Image
 from local_http import serve
 
 from xpnet.data import DATASETS, DataError, Dataset, load_dataset, load_mnist, to_grayscale, write_idx
-from xpnet.data import cifar10, fashion_mnist, mnist
+from xpnet.data import cifar10, fashion_mnist, idx_datasets, mnist
 from xpnet.data.cifar10 import BATCHES, FOLDER, META, RECORD_BYTES
 from xpnet.data.dataset import luma
 from xpnet.data.idx_datasets import IDX_NAMES
 from xpnet.data.npz import save_npz
+from xpnet.data.sources import fetch
 
 
 @pytest.fixture(autouse=True)
@@ -412,6 +416,44 @@ def test_cifar_md5_mismatch_everywhere(tmp_path, www):
     assert f"{url('bad')}cifar-10-binary.tar.gz: corrupted (MD5 of the archive is" in message
     assert f"{url('empty')}cifar-10-binary.tar.gz" in message and "404" in message
     assert not (tmp_path / "xdg" / "xpnet" / "cifar10.npz").exists()
+
+
+def test_a_mirror_announcing_too_large_a_file_is_skipped(tmp_path, idx_arrays, www, monkeypatch):
+    url, _ = www
+    monkeypatch.setattr(idx_datasets, "MAX_DOWNLOAD_BYTES", 10)
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion-mnist", mirrors=[url("good")], progress=False)
+    assert f"{url('good')}train-images-idx3-ubyte.gz: the server announces" in str(err.value)
+    assert "more than the 10 bytes this file can be" in str(err.value)
+    monkeypatch.setattr(cifar10, "MAX_DOWNLOAD_BYTES", 10)
+    with pytest.raises(DataError, match="more than the 10 bytes"):
+        load_dataset("cifar10", mirrors=[url("good")], progress=False)
+
+
+class EndlessBody(http.server.BaseHTTPRequestHandler):
+    """Sends 64 KiB blocks without a Content-Length until the client hangs up (HTTP/1.0: the body ends at close)."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            while True:
+                self.wfile.write(bytes(1 << 16))
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_body_longer_than_the_cap_is_refused_while_it_arrives():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EndlessBody)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/x.gz"
+        with pytest.raises(ValueError, match=f"{url}: the server sent more than the 1000000 bytes"):
+            fetch(url, False, 1_000_000)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_cifar_download_with_progress_bar(www, capsys):

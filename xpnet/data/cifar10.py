@@ -29,6 +29,7 @@ from xpnet.data.sources import DatasetSpec, Splits, fetch
 ARCHIVE = "cifar-10-binary.tar.gz"
 MD5 = "c32a1d4ab5d03f1284b67883e8d87530"  # of ARCHIVE, as published on https://www.cs.toronto.edu/~kriz/cifar.html
 MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
+MAX_DOWNLOAD_BYTES = 256 << 20  # ARCHIVE is 162 MiB; a mirror sending more is refused without reading it all
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FOLDER = "cifar-10-batches-bin"  # the folder the archive holds its files in
 TRAIN_BATCHES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
@@ -178,7 +179,7 @@ class Cifar10Spec(DatasetSpec):
         for mirror in mirrors:
             url = f"{mirror.rstrip('/')}/{ARCHIVE}"
             try:
-                data = fetch(url, progress)
+                data = fetch(url, progress, MAX_DOWNLOAD_BYTES)
             except (OSError, ValueError, http.client.HTTPException) as exc:
                 failures.append(f"{url}: {exc}")
                 continue

@@ -17,6 +17,7 @@ from xpnet.data.idx import checked_idx_bytes, idx_array, idx_dataset, read_idx, 
 from xpnet.data.sources import DatasetSpec, Splits, fetch
 
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MAX_DOWNLOAD_BYTES = 64 << 20  # per .gz file: the largest (Fashion-MNIST's training images) is 26 MB
 
 
 def idx_files(folder: Path) -> dict[str, Path]:
@@ -87,7 +88,7 @@ class IdxSpec(DatasetSpec):
         for mirror in mirrors:
             url = f"{mirror.rstrip('/')}/{name}.gz"
             try:
-                fetched = fetch(url, progress)
+                fetched = fetch(url, progress, MAX_DOWNLOAD_BYTES)
             except (OSError, ValueError, http.client.HTTPException) as exc:
                 failures.append(f"{url}: {exc}")
                 continue

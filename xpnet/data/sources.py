@@ -51,14 +51,21 @@ class OfflineSource:
     how: str                                          # how to install it, for the not-found message
 
 
-def fetch(url: str, progress: bool) -> bytes:
-    """The body of ``url`` (a tqdm bar on stderr when ``progress``)."""
+def fetch(url: str, progress: bool, max_bytes: int) -> bytes:
+    """The body of ``url`` (a tqdm bar on stderr when ``progress``). A body longer than ``max_bytes``, announced or
+    sent, is a ValueError naming the URL: a wrong or hostile mirror cannot fill the memory."""
     with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
-        chunks = []
+        if total is not None and total > max_bytes:
+            raise ValueError(f"{url}: the server announces {total} bytes, more than the {max_bytes} bytes this file "
+                             "can be")
+        chunks, received = [], 0
         with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], disable=not progress,
                   leave=False) as bar:
             while chunk := response.read(1 << 16):
+                received += len(chunk)
+                if received > max_bytes:
+                    raise ValueError(f"{url}: the server sent more than the {max_bytes} bytes this file can be")
                 chunks.append(chunk)
                 bar.update(len(chunk))
     return b"".join(chunks)
