@@ -76,7 +76,7 @@ for dtype in ("float32", "float64"):
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8),
                           nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.MaxPool2d(3, stride=1, padding=1),
-                          nn.AvgPool2d(3, stride=1, padding=1), nn.MaxPool2d(2))
+                          nn.AvgPool2d(3, stride=1, padding=1), nn.MaxPool2d(2), nn.MaxPool2d(3, padding=1))
     x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(dtype)
     model(xpnet.tensor(x, requires_grad=True)).sum().backward()
 print(json.dumps({"tiny": tiny, "real": signatures()}))

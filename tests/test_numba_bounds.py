@@ -78,6 +78,17 @@ def test_direct_and_depthwise_convolutions(backends, x_shape, w_shape, stride, p
            ref.conv2d_backward(ref_residual, w, g, x_shape, stride, padding, dilation, groups, NEEDS))
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 2, 2, 3), (1, 1, 3, 2)])
+def test_max_pool_2x2_odd_borders(backends, shape):
+    """The 2x2 backward kernel zeroes the odd last row and column no window covers (floor mode)."""
+    nb, ref = backends
+    x = _random(*shape, seed=4)
+    out, argmax = nb.max_pool_forward(x, (2, 2), (2, 2))
+    g = _random(*out.shape, seed=5)
+    _close(nb.max_pool_backward(g, argmax, x.shape, (2, 2), (2, 2)),
+           ref.max_pool_backward(g, *ref.max_pool_forward(x, (2, 2), (2, 2))[1:], x.shape, (2, 2), (2, 2)))
+
+
 @pytest.mark.parametrize("kernel, stride, padding, ceil_mode", [
     ((2, 2), (2, 2), (0, 0), False), ((2, 2), (2, 2), (1, 1), True), ((5, 6), (5, 6), (0, 0), False),
     ((3, 3), (2, 2), (1, 1), True), ((3, 2), (1, 3), (1, 0), False), ((5, 6), (2, 2), (2, 3), True)])
