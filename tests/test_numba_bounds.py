@@ -28,7 +28,7 @@ def _random(*shape: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape)
 
 
-def _close(actual, expected) -> None:
+def assert_close(actual, expected) -> None:
     for a, e in zip(actual if isinstance(actual, tuple) else (actual,), expected if isinstance(expected, tuple)
                     else (expected,)):
         if e is None:
@@ -48,14 +48,14 @@ def test_im2col_col2im_and_the_gemm_path(backends, kernel, stride, padding, dila
     nb, ref = backends
     x = _random(2, 3, 5, 6)
     cols = nb.im2col(x, kernel, stride, padding, dilation)
-    _close(cols, ref.im2col(x, kernel, stride, padding, dilation))
-    _close(nb.col2im(cols, x.shape, stride, padding, dilation), ref.col2im(cols, x.shape, stride, padding, dilation))
+    assert_close(cols, ref.im2col(x, kernel, stride, padding, dilation))
+    assert_close(nb.col2im(cols, x.shape, stride, padding, dilation), ref.col2im(cols, x.shape, stride, padding, dilation))
     w = _random(4, 3, *kernel, seed=1)
     out, residual = nb.conv2d_forward(x, w, _random(4, seed=2), stride, padding, dilation, 1)
     expected, ref_residual = ref.conv2d_forward(x, w, _random(4, seed=2), stride, padding, dilation, 1)
-    _close(out, expected)
+    assert_close(out, expected)
     g = _random(*out.shape, seed=3)
-    _close(nb.conv2d_backward(residual, w, g, x.shape, stride, padding, dilation, 1, NEEDS),
+    assert_close(nb.conv2d_backward(residual, w, g, x.shape, stride, padding, dilation, 1, NEEDS),
            ref.conv2d_backward(ref_residual, w, g, x.shape, stride, padding, dilation, 1, NEEDS))
 
 
@@ -72,9 +72,9 @@ def test_direct_and_depthwise_convolutions(backends, x_shape, w_shape, stride, p
     x, w, b = _random(*x_shape), _random(*w_shape, seed=1), _random(w_shape[0], seed=2)
     out, residual = nb.conv2d_forward(x, w, b, stride, padding, dilation, groups)
     expected, ref_residual = ref.conv2d_forward(x, w, b, stride, padding, dilation, groups)
-    _close(out, expected)
+    assert_close(out, expected)
     g = _random(*out.shape, seed=3)
-    _close(nb.conv2d_backward(residual, w, g, x_shape, stride, padding, dilation, groups, NEEDS),
+    assert_close(nb.conv2d_backward(residual, w, g, x_shape, stride, padding, dilation, groups, NEEDS),
            ref.conv2d_backward(ref_residual, w, g, x_shape, stride, padding, dilation, groups, NEEDS))
 
 
@@ -85,7 +85,7 @@ def test_max_pool_2x2_odd_borders(backends, shape):
     x = _random(*shape, seed=4)
     out, argmax = nb.max_pool_forward(x, (2, 2), (2, 2))
     g = _random(*out.shape, seed=5)
-    _close(nb.max_pool_backward(g, argmax, x.shape, (2, 2), (2, 2)),
+    assert_close(nb.max_pool_backward(g, argmax, x.shape, (2, 2), (2, 2)),
            ref.max_pool_backward(g, *ref.max_pool_forward(x, (2, 2), (2, 2))[1:], x.shape, (2, 2), (2, 2)))
 
 
@@ -101,13 +101,13 @@ def test_pooling(backends, kernel, stride, padding, ceil_mode):
     np.testing.assert_array_equal(out, ref_out)
     np.testing.assert_array_equal(argmax, ref_argmax)
     g = _random(*out.shape, seed=1)
-    _close(nb.max_pool_backward(g, argmax, x.shape, kernel, stride, padding, ceil_mode),
+    assert_close(nb.max_pool_backward(g, argmax, x.shape, kernel, stride, padding, ceil_mode),
            ref.max_pool_backward(g, argmax, x.shape, kernel, stride, padding, ceil_mode))
     for include in (True, False):
         options = (ceil_mode, include, None)
-        _close(nb.avg_pool_forward(x, kernel, stride, padding, *options),
+        assert_close(nb.avg_pool_forward(x, kernel, stride, padding, *options),
                ref.avg_pool_forward(x, kernel, stride, padding, *options))
-        _close(nb.avg_pool_backward(g, x.shape, kernel, stride, padding, *options),
+        assert_close(nb.avg_pool_backward(g, x.shape, kernel, stride, padding, *options),
                ref.avg_pool_backward(g, x.shape, kernel, stride, padding, *options))
 
 
@@ -123,6 +123,6 @@ def test_relu_and_batch_norm(backends):
     w, b = _random(3, seed=2), _random(3, seed=3)
     out, mean, var, residual = nb.batch_norm_forward(x, w, b, 1e-5)
     ref_out, ref_mean, ref_var, ref_residual = ref.batch_norm_forward(x, w, b, 1e-5)
-    _close((out, mean, var), (ref_out, ref_mean, ref_var))
+    assert_close((out, mean, var), (ref_out, ref_mean, ref_var))
     g = _random(*x.shape, seed=4)
-    _close(nb.batch_norm_backward(residual, g, NEEDS), ref.batch_norm_backward(ref_residual, g, NEEDS))
+    assert_close(nb.batch_norm_backward(residual, g, NEEDS), ref.batch_norm_backward(ref_residual, g, NEEDS))
