@@ -4,7 +4,10 @@ every named model (losses and final weights), to 1e-10 in float64 and 1e-4 relat
 Backends may sum in different orders (Numba's direct convolution does). Adam divides by sqrt(v), so for a weight
 whose gradient is near zero a rounding-level difference becomes a whole +-lr step: after 50 float32 steps a single
 element may differ by far more than 1e-4 while the tensor as a whole agrees to 1e-6. Float32 weights are
-therefore compared tensor by tensor in norm; float64 weights, where rounding is 1e-16, element by element.
+therefore compared tensor by tensor in norm; float64 weights, where rounding is 1e-16, element by element. A
+tensor that starts at zero (a bias) has moved only a few steps' worth after 10 steps, so 1e-4 of its norm is less
+than one rounding-level flip: its bound adds 1% of one Adam step (on one machine ResNet's bn1.bias differed in one
+element by 1.6e-6, 0.16% of a step, against 1e-4 of its norm, 1.4e-6).
 
 ResNet's BatchNorm divides by the batch's standard deviation, which amplifies rounding further: in float32 its
 Numba and NumPy runs' losses agree to 1e-7 over 10 steps and its weights within 1e-4 in norm, but after 20 steps
@@ -36,6 +39,7 @@ STEPS, BATCH = 50, 8
 LR = 1e-3
 FLOAT32_STEPS = {"resnet": 10}  # steps over which float32 trajectories still agree to 1e-4 (see above)
 FLOAT64_STEPS = {"resnet": 20}
+FLOAT32_STEP_SLACK = 0.01  # of one Adam step (LR), added to the float32 weights' bound (see above)
 
 
 def _forward_backward(name: str, fn: Callable[..., xpnet.Tensor], arrays: list[np.ndarray],
@@ -118,4 +122,4 @@ def test_training_matches_numpy(backend_name, model_name, dtype):
             assert_close(weights[key], expected_weights[key], dtype, what)
         else:
             difference = np.linalg.norm(weights[key] - expected_weights[key])
-            assert difference <= 1e-4 * np.linalg.norm(expected_weights[key]), what
+            assert difference <= 1e-4 * np.linalg.norm(expected_weights[key]) + FLOAT32_STEP_SLACK * LR, what
