@@ -320,3 +320,27 @@ def test_max_pool_nan_wins_its_window_and_gets_the_gradient():
     assert np.isnan(out[0, 0, 0, 0]) and arg[0, 0, 0, 0] == 2
     gx = xpnet.get_backend().max_pool_backward(np.ones_like(out), arg, x.shape, (2, 2), (2, 2))
     assert gx[0, 0, 1, 0] == 1 and gx[0, 0, 1, 1] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
+def test_zero_where_gives_the_same_bits_as_where(dtype):
+    values = rng.standard_normal((3, 4, 5, 6)).astype(dtype)
+    if values.dtype.kind == "f":  # every special value on both sides of the mask
+        values.flat[:6] = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0]
+        values.flat[6:12] = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0]
+    drop = rng.random(values.shape) < 0.5
+    drop.flat[:6], drop.flat[6:12] = True, False
+    expected = np.where(drop, np.zeros((), dtype), values)
+    actual = kernels.zero_where(np, drop, values)
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    assert actual.tobytes() == expected.tobytes()
+    strided = values[:, ::2]  # a view: the bits are read through its strides
+    assert kernels.zero_where(np, drop[:, ::2], strided).tobytes() == np.where(drop[:, ::2], 0, strided).tobytes()
+
+
+def test_zero_where_broadcasts_like_where():
+    values = rng.standard_normal((2, 3)).astype(np.float32)
+    drop = np.array([True, False, True])
+    assert np.array_equal(kernels.zero_where(np, drop, values), np.where(drop, 0, values))
+    assert np.array_equal(kernels.zero_where(np, drop[:, None, None] & np.ones((3, 2, 3), bool), values),
+                          np.where(drop[:, None, None], 0, values))
