@@ -20,7 +20,13 @@ def is_int(value: Any) -> bool:
 
 def int_pair(fn: str, name: str, value: Any, minimum: int, single: bool = False) -> tuple[int, int]:
     """``value`` (an int, a pair, or with ``single`` also a 1-tuple, as PyTorch's pooling takes them) as a pair
-    of Python ints, each at least ``minimum``."""
+    of Python ints, each at least ``minimum``. Layers call it on every forward, so plain ints and pairs of them,
+    what layers store, return before the general checks."""
+    if type(value) is int and value >= minimum:  # type(True) is bool, so bools take the general path
+        return value, value
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int \
+            and value[0] >= minimum and value[1] >= minimum:
+        return value
     pair = (value, value) if is_int(value) else tuple(value) if isinstance(value, (tuple, list)) else ()
     pair = pair * 2 if single and len(pair) == 1 else pair
     if len(pair) != 2 or not all(is_int(i) and i >= minimum for i in pair):
