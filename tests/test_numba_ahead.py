@@ -97,3 +97,38 @@ def test_an_unknown_op_is_refused_by_name():
 
     with pytest.raises(ValueError, match="'conv_fancy'"):
         NumbaBackend.compile_backward("conv_fancy", "float32")
+
+
+IDLE_THEN_POOL = """
+import json, time
+import numpy as np
+import xpnet
+from xpnet.backends import numba as nb, numba_ahead
+xpnet.use("numba")
+x = xpnet.tensor(np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 1, 8, 8), requires_grad=True)
+xpnet.functional.relu(x).sum().backward()
+first = numba_ahead.AHEAD._helper
+deadline = time.monotonic() + numba_ahead.IDLE_EXIT_S + 60
+while numba_ahead.AHEAD._helper is not None and time.monotonic() < deadline:
+    time.sleep(0.1)
+exited = numba_ahead.AHEAD._helper is None and first is not None and first.poll() == 0
+xpnet.functional.max_pool2d(x, 2).sum().backward()
+stats = nb._max_pool_backward_2x2.stats
+print(json.dumps({"exited": exited, "starts": numba_ahead.AHEAD._starts, "hits": sum(stats.cache_hits.values()),
+                  "misses": sum(stats.cache_misses.values())}))
+"""
+
+
+def test_an_idle_helper_exits_and_the_next_cold_op_starts_another(tmp_path):
+    """The helper that compiled ReLU's backward exits on its own once idle (it holds about 150 MB), with status 0;
+    a later cold op (max pooling) starts a second helper, whose kernel the main process then loads."""
+    result = run_child(IDLE_THEN_POOL, str(tmp_path))
+    assert result == {"exited": True, "starts": 2, "hits": 1, "misses": 0}
+
+
+def test_the_helper_exits_when_its_input_closes():
+    """A main process that ends closes the helper's input: an idle helper then exits at once, with status 0."""
+    helper = subprocess.Popen([sys.executable, "-m", "xpnet.backends.numba_ahead"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = helper.communicate("", timeout=60)
+    assert (helper.returncode, out) == (0, ""), err
