@@ -1,6 +1,8 @@
 """Class-folder trees: decoding, the label map, every bad input, and the .npz cache's invalidation."""
 
 import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -129,6 +131,23 @@ def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
         assert ds.shape == (1, 28, 28)
         np.testing.assert_array_equal(ds.images[0, 0], np.rint(wide / 257.0).astype(np.uint8))
     assert ds.images.max() == 255 and ds.images.min() == 0 and len(np.unique(ds.images)) > 200
+
+
+def test_16_bit_rgb_keeps_each_samples_high_byte(tmp_path):
+    """Pillow has no 16-bit RGB mode: it opens a 48-bit PNG as "RGB" with each sample's high byte (v // 256), so
+    these images are truncated where 16-bit gray is rounded (v / 257), at most 1 apart either way. The documented
+    behaviour, pinned so that a Pillow that starts keeping the low byte is noticed."""
+    rng = np.random.default_rng(3)
+    wide = rng.integers(0, 65536, (28, 28, 3)).astype(">u2")
+    rows = b"".join(b"\x00" + wide[y].tobytes() for y in range(28))  # filter type 0 (None) on every row
+    png = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 28, 28, 16, 2, 0, 0, 0))
+           + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b""))
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "train" / "a" / "deep.png").write_bytes(png)
+    ds = load_class_folders(tmp_path, "train", cache=False)
+    assert ds.shape == (3, 28, 28)
+    np.testing.assert_array_equal(ds.images[0], (wide // 256).astype(np.uint8).transpose(2, 0, 1))
+    assert np.abs(ds.images[0].astype(int) - np.rint(wide / 257.0).transpose(2, 0, 1)).max() == 1
 
 
 def test_tree_splits_agree_on_channels_and_classes(tmp_path):

@@ -2,10 +2,11 @@
 
 Labels follow the sorted folder names. A split is RGB (3 channels) when any of its images has colour (an RGB,
 RGBA, CMYK or YCbCr file, or a palette image with a coloured pixel), else grayscale (1 channel); ``grayscale``
-forces one channel (Pillow's "L" luma). 16-bit grayscale PNGs are scaled to 8 bits. The decoded arrays are
-cached at ``root/.xpnet-cache-<split>.npz`` (or in the user cache when ``root`` is read-only) under a key made of
-every image's relative name, size and mtime plus the decoding options, so adding, removing, replacing or
-touching an image rebuilds the cache.
+forces one channel (Pillow's "L" luma). 16-bit grayscale PNGs are scaled to 8 bits (rounded); 16-bit RGB PNGs
+keep each sample's high byte, which is how Pillow opens them (at most 1 from the rounded value). The decoded
+arrays are cached at ``root/.xpnet-cache-<split>.npz`` (or in the user cache when ``root`` is read-only) under a
+key made of every image's relative name, size and mtime plus the decoding options, so adding, removing, replacing
+or touching an image rebuilds the cache.
 
 Every image file is untrusted: its header's size is checked against ``size`` before any pixel is decoded (unless
 ``resize``), Pillow's decompression-bomb warning is an error, and whatever Pillow raises on a corrupt or
