@@ -79,7 +79,8 @@ def reproduce_section() -> list[str]:
     return ["## Reproduce", "",
             "From the repository root, on a quiet machine (13 to 36 minutes in all on the three 2-core machines of "
             "2026-12-02, which differ that much, about half of it the MNIST grid, a quarter the ResNet rows, 3-4 "
-            "minutes the inference, memory and cold-start measurements; the suites time whatever else runs too):", "", "```", *COMMANDS, "```", "",
+            "minutes the inference, memory and cold-start measurements; the suites time whatever else runs too):",
+            "", "```", *COMMANDS, "```", "",
             "Options: `--data PATH` (MNIST; default `$XPNET_DATA`, else `../shared/data/mnist` beside the "
             "repository, else synthetic images of the same shape), `--fashion-data PATH` (Fashion-MNIST for the "
             "ResNet rows; default `../shared/data/fashion-mnist`, else synthetic), `--full-epochs 128` (batch "
