@@ -359,6 +359,61 @@ def test_cli_exports_a_trained_checkpoint(checkpoint, tmp_path, capsys):
     np.testing.assert_allclose(onnx_output(proto, x)[0], xpnet_output(model, x)[0], rtol=TOLERANCE, atol=TOLERANCE)
 
 
+@pytest.fixture(scope="module")
+def normalized_checkpoint(mnist_dir, tmp_path_factory):
+    """last.npz of a one-epoch training run of report 1 with --normalize, on the tiny generated digits."""
+    from xpnet import train
+
+    out = tmp_path_factory.mktemp("run_normalized")
+    xpnet.use("numpy")
+    xpnet.manual_seed(0)
+    assert train.main(["--data", str(mnist_dir), "--epochs", "1", "--batch-size", "64", "--out", str(out),
+                       "--val-split", "0", "--patience", "0", "--normalize"]) == 0
+    return out / "last.npz"
+
+
+@needs_onnx
+def test_cli_include_normalize_puts_the_statistics_into_the_graph(normalized_checkpoint, tmp_path):
+    import onnx
+
+    from xpnet.checkpoint import load_checkpoint
+    from xpnet.data.transforms import Normalize
+
+    saved = load_checkpoint(normalized_checkpoint)
+    stats = saved.record["normalize"]
+    assert stats and stats["std"][0] != 1
+    plain, baked = tmp_path / "plain.onnx", tmp_path / "baked.onnx"
+    assert main([str(normalized_checkpoint), "--onnx", str(plain)]) == 0
+    assert main([str(normalized_checkpoint), "--onnx", str(baked), "--include-normalize"]) == 0
+    model = build_model("report1")
+    model.load_state_dict(saved.weights)
+    images = np.random.default_rng(0).random((6, 1, 28, 28), dtype=np.float32)  # images / 255
+    normalized = Normalize(stats["mean"], stats["std"])(images)
+    expected = xpnet_output(model, normalized)[0]
+    baked_proto, plain_proto = onnx.load(str(baked)), onnx.load(str(plain))
+    np.testing.assert_allclose(onnx_output(baked_proto, images)[0], expected, rtol=TOLERANCE, atol=TOLERANCE)
+    np.testing.assert_allclose(onnx_output(plain_proto, normalized)[0], expected, rtol=TOLERANCE, atol=TOLERANCE)
+    assert [n.op_type for n in baked_proto.graph.node[:2]] == ["Sub", "Div"]
+    assert len(baked_proto.graph.node) == len(plain_proto.graph.node) + 2
+    for proto, in_graph in ((baked_proto, True), (plain_proto, False)):
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert json.loads(meta["normalize_in_graph"]) is in_graph and json.loads(meta["normalize"]) == stats
+
+
+def test_cli_include_normalize_without_statistics_is_one_line(checkpoint, tmp_path):
+    assert_one_line_error(run_cli(checkpoint, "--onnx", tmp_path / "m.onnx", "--include-normalize"),
+                          "last.npz", "without --normalize")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@needs_onnx
+def test_normalize_must_match_the_input_channels():
+    with pytest.raises(ExportError, match="2 values for an input of 1 channels"):
+        to_onnx(build_model("report1"), (1, 28, 28), normalize={"mean": [0.1, 0.2], "std": [1.0, 1.0]})
+    with pytest.raises(ValueError, match="non-zero"):
+        to_onnx(build_model("report1"), (1, 28, 28), normalize={"mean": [0.1], "std": [0.0]})
+
+
 def run_cli(*args, env_path=None):
     env = None
     if env_path is not None:

@@ -7,7 +7,8 @@ hooks), so any forward code made of xpnet Functions
 the output depends on become ONNX nodes (``xpnet.onnx_ops``); parameters and buffers become initializers named
 by their state_dict keys. The trace is made twice, with batch sizes 2 and 3 and different values; the two graphs
 must be identical, which refuses forwards that branch on values or compute outside Functions (their results
-would be frozen as constants) and proves the batch dimension free.
+would be frozen as constants) and proves the batch dimension free. ``--include-normalize`` traces the run's
+``--normalize`` statistics in as well (``(x - mean) / std`` in a forward pre-hook), so the graph takes images / 255.
 
 Safetensors files hold the ``state_dict()`` under PyTorch's names, so ``torch_model.load_state_dict
 (safetensors.torch.load_file(path))`` works on the PyTorch twin; nothing is ever unpickled.
@@ -19,7 +20,7 @@ import argparse
 import inspect
 import json
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -27,6 +28,7 @@ import numpy as np
 import xpnet
 from xpnet.autograd import Function, Tensor, get_default_dtype, no_grad, observe_calls
 from xpnet.backend import BackendUnavailable, get_backend
+from xpnet.data.transforms import Normalize
 from xpnet.data.files import atomic_write
 from xpnet.hooks import module_stack
 from xpnet.nn import Module
@@ -195,8 +197,7 @@ def _value_info(name: str, t: Tensor, batch: int) -> Any:
 
 def _graph(model: Module, input_shape: tuple[int, ...], batch: int, seed: int) -> Any:
     """The ONNX graph of one trace on a random batch of ``batch`` inputs of ``input_shape``."""
-    dtype = next((p.dtype for p in model.parameters() if p.dtype.kind == "f"), get_default_dtype())
-    example = np.random.default_rng(seed).standard_normal((batch, *input_shape)).astype(dtype)
+    example = np.random.default_rng(seed).standard_normal((batch, *input_shape)).astype(_model_dtype(model))
     calls, x, outputs = trace(model, example)
     builder = GraphBuilder(model, x)
     for c in _needed(calls, outputs):
@@ -215,13 +216,42 @@ def _require(module: Any, extra: str) -> None:
         raise ExportError(f"this needs the optional {extra!r} packages: pip install 'xpnet[{extra}]'")
 
 
-def to_onnx(model: Module, input_shape: Sequence[int], *, metadata: Mapping[str, str] | None = None) -> Any:
+def _model_dtype(model: Module) -> np.dtype:
+    """The dtype of the model's first floating-point parameter (the default dtype for a model without one)."""
+    return np.dtype(next((p.dtype for p in model.parameters() if p.dtype.kind == "f"), get_default_dtype()))
+
+
+@contextmanager
+def _normalizing_first(model: Module, normalize: Mapping[str, Sequence[float]], channels: int) -> Iterator[None]:
+    """While inside: ``model`` starts its forward with ``(x - mean) / std`` per channel, as xpnet Functions (a
+    forward pre-hook), so a trace records it as Sub and Div nodes ahead of the model's own. The arithmetic is
+    ``xpnet.data.Normalize``'s: the statistics in the model's dtype, subtracted, then divided by."""
+    checked = Normalize(normalize["mean"], normalize["std"])  # finite values, a non-zero std
+    dtype, stats = _model_dtype(model), []
+    for key, values in (("mean", checked.mean), ("std", checked.std)):
+        if len(values) not in (1, channels):
+            raise ExportError(f"normalize {key}: {len(values)} values for an input of {channels} channels; expected "
+                              f"1 or {channels}")
+        stats.append(np.broadcast_to(values, (channels,)).astype(dtype).reshape(1, channels, 1, 1))
+    mean, std = (Tensor(get_backend().asarray(a)) for a in stats)
+    handle = model.register_forward_pre_hook(lambda module, args: ((args[0] - mean) / std, *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def to_onnx(model: Module, input_shape: Sequence[int], *, metadata: Mapping[str, str] | None = None,
+            normalize: Mapping[str, Sequence[float]] | None = None) -> Any:
     """The ``onnx.ModelProto`` (opset 17) computing ``model``'s eval-mode forward on inputs (N, *input_shape) of
-    the model's dtype, N free; ``metadata`` becomes the model's metadata_props. The graph is in the model's
-    dtype: onnxruntime's CPU Conv has no float64 kernel, so convert a float64 model with ``to(np.float32)``."""
+    the model's dtype, N free; ``metadata`` becomes the model's metadata_props. ``normalize`` ({"mean", "std"},
+    one value or one per channel, as training's ``--normalize`` records them) puts ``(x - mean) / std`` into the
+    graph first, so that it takes images / 255. The graph is in the model's dtype: onnxruntime's CPU Conv has no
+    float64 kernel, so convert a float64 model with ``to(np.float32)``."""
     _require(onnx, "onnx")
     shape = tuple(int(n) for n in input_shape)
-    graphs = [_graph(model, shape, batch, seed) for seed, batch in enumerate(_TRACE_BATCHES)]
+    with _normalizing_first(model, normalize, shape[0]) if normalize is not None else nullcontext():
+        graphs = [_graph(model, shape, batch, seed) for seed, batch in enumerate(_TRACE_BATCHES)]
     if graphs[0].SerializeToString() != graphs[1].SerializeToString():
         raise ExportError(f"cannot export {type(model).__name__} by tracing: its traced graph changes with the "
                           f"input (a branch on values, array math outside xpnet Functions, or a size tied to the "
@@ -237,9 +267,11 @@ def to_onnx(model: Module, input_shape: Sequence[int], *, metadata: Mapping[str,
 
 
 def export_onnx(model: Module, path: str, input_shape: Sequence[int], *,
-                metadata: Mapping[str, str] | None = None) -> Any:
-    """Write ``to_onnx(model, input_shape, metadata=metadata)`` to ``path`` (atomically) and return it."""
-    proto = to_onnx(model, input_shape, metadata=metadata)
+                metadata: Mapping[str, str] | None = None,
+                normalize: Mapping[str, Sequence[float]] | None = None) -> Any:
+    """Write ``to_onnx(model, input_shape, metadata=metadata, normalize=normalize)`` to ``path`` (atomically) and
+    return it."""
+    proto = to_onnx(model, input_shape, metadata=metadata, normalize=normalize)
     with atomic_write(path) as f:
         f.write(proto.SerializeToString())
     return proto
@@ -289,11 +321,14 @@ def _checkpoint_model(path: str) -> tuple[Module, tuple[int, ...], dict[str, np.
     return trained.model, tuple(trained.input_shape), load_checkpoint(trained.path).weights, trained.record
 
 
-def _metadata(record: dict[str, Any], path: str) -> dict[str, str]:
+def _metadata(record: dict[str, Any], path: str, normalize_in_graph: bool) -> dict[str, str]:
     """What a user of the exported model needs besides the graph: the input's scaling and the class names."""
-    return {"source": str(path), "model": str(record["config"]["model"]),
-            "input": "images / 255 as float (N, C, H, W), then normalize's per-channel (x - mean) / std if given",
-            "normalize": json.dumps(record.get("normalize")), "classes": json.dumps(record.get("classes"))}
+    scaling = ("images / 255 as float (N, C, H, W); the graph applies normalize's (x - mean) / std itself"
+               if normalize_in_graph else
+               "images / 255 as float (N, C, H, W), then normalize's per-channel (x - mean) / std if given")
+    return {"source": str(path), "model": str(record["config"]["model"]), "input": scaling,
+            "normalize": json.dumps(record.get("normalize")), "normalize_in_graph": json.dumps(normalize_in_graph),
+            "classes": json.dumps(record.get("classes"))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -301,9 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("checkpoint", help="a best.npz / last.npz written by python -m xpnet.train")
     p.add_argument("--onnx", metavar="PATH", help="write the model as ONNX (opset 17) here")
     p.add_argument("--safetensors", metavar="PATH", help="write the weights and buffers as safetensors here")
+    p.add_argument("--include-normalize", action="store_true",
+                   help="put the run's --normalize statistics into the ONNX graph, so that it takes images / 255")
     args = p.parse_args(argv)
     if not args.onnx and not args.safetensors:
         p.error("nothing to do: give --onnx PATH and/or --safetensors PATH")
+    if args.include_normalize and not args.onnx:
+        p.error("--include-normalize changes the ONNX graph: give --onnx PATH")
     from xpnet.checkpoint import CheckpointError
     from xpnet.models import ModelError
     try:
@@ -312,7 +351,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_safetensors(weights, args.safetensors)  # the checkpoint's arrays themselves: bit for bit
             print(f"wrote {args.safetensors}: {len(weights)} tensors")
         if args.onnx:
-            proto = export_onnx(model, args.onnx, shape, metadata=_metadata(record, args.checkpoint))
+            stats = record.get("normalize")
+            if args.include_normalize and not stats:
+                raise ExportError(f"{args.checkpoint}: the run was trained without --normalize, so "
+                                  f"--include-normalize has no statistics to put into the graph")
+            proto = export_onnx(model, args.onnx, shape, metadata=_metadata(record, args.checkpoint,
+                                                                             args.include_normalize),
+                                normalize=stats if args.include_normalize else None)
             print(f"wrote {args.onnx}: opset {OPSET}, {len(proto.graph.node)} nodes, input (N, "
                   f"{', '.join(map(str, shape))})")
     except (CheckpointError, ModelError, ExportError, BackendUnavailable, KeyError, ValueError, OSError) as exc:
