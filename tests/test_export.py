@@ -321,17 +321,20 @@ def test_torch_twin_loads_the_safetensors_file(tmp_path, one_torch_thread):
 
 # --- the command ------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def checkpoint(mnist_dir, tmp_path_factory):
-    """last.npz of a one-epoch training run of report 1 on the tiny generated digits."""
+def trained_checkpoint(mnist_dir, folder, *flags):
+    """last.npz of a one-epoch training run of report 1 on the tiny generated digits, with extra ``flags``."""
     from xpnet import train
 
-    out = tmp_path_factory.mktemp("run")
     xpnet.use("numpy")
     xpnet.manual_seed(0)
-    assert train.main(["--data", str(mnist_dir), "--epochs", "1", "--batch-size", "64", "--out", str(out),
-                       "--val-split", "0", "--patience", "0"]) == 0
-    return out / "last.npz"
+    assert train.main(["--data", str(mnist_dir), "--epochs", "1", "--batch-size", "64", "--out", str(folder),
+                       "--val-split", "0", "--patience", "0", *flags]) == 0
+    return folder / "last.npz"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(mnist_dir, tmp_path_factory):
+    return trained_checkpoint(mnist_dir, tmp_path_factory.mktemp("run"))
 
 
 @needs_onnx
@@ -361,15 +364,7 @@ def test_cli_exports_a_trained_checkpoint(checkpoint, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def normalized_checkpoint(mnist_dir, tmp_path_factory):
-    """last.npz of a one-epoch training run of report 1 with --normalize, on the tiny generated digits."""
-    from xpnet import train
-
-    out = tmp_path_factory.mktemp("run_normalized")
-    xpnet.use("numpy")
-    xpnet.manual_seed(0)
-    assert train.main(["--data", str(mnist_dir), "--epochs", "1", "--batch-size", "64", "--out", str(out),
-                       "--val-split", "0", "--patience", "0", "--normalize"]) == 0
-    return out / "last.npz"
+    return trained_checkpoint(mnist_dir, tmp_path_factory.mktemp("run_normalized"), "--normalize")
 
 
 @needs_onnx
