@@ -323,24 +323,28 @@ def test_max_pool_nan_wins_its_window_and_gets_the_gradient():
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
-def test_zero_where_gives_the_same_bits_as_where(dtype):
-    values = rng.standard_normal((3, 4, 5, 6)).astype(dtype)
-    if values.dtype.kind == "f":  # every special value on both sides of the mask
-        values.flat[:6] = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0]
-        values.flat[6:12] = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0]
-    drop = rng.random(values.shape) < 0.5
-    drop.flat[:6], drop.flat[6:12] = True, False
-    expected = np.where(drop, np.zeros((), dtype), values)
-    actual = kernels.zero_where(np, drop, values)
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    assert actual.tobytes() == expected.tobytes()
-    strided = values[:, ::2]  # a view: the bits are read through its strides
-    assert kernels.zero_where(np, drop[:, ::2], strided).tobytes() == np.where(drop[:, ::2], 0, strided).tobytes()
+def test_select_gives_the_same_bits_as_where(dtype):
+    a = rng.standard_normal((3, 4, 5, 6)).astype(dtype)
+    b = rng.standard_normal(a.shape).astype(dtype)
+    if a.dtype.kind == "f":  # every special value on both sides of the mask, in both operands
+        specials = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0]
+        a.flat[:12] = specials * 2
+        b.flat[:12] = specials[::-1] * 2
+    keep = rng.random(a.shape) < 0.5
+    keep.flat[:6], keep.flat[6:12] = True, False
+    for other in (None, b):
+        expected = np.where(keep, a, np.zeros((), dtype) if other is None else other)
+        actual = kernels.select(np, keep, a, other)
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape
+        assert actual.tobytes() == expected.tobytes()
+    strided = a[:, ::2]  # a view: the bits are read through its strides
+    assert kernels.select(np, keep[:, ::2], strided).tobytes() == np.where(keep[:, ::2], strided, 0).tobytes()
 
 
-def test_zero_where_broadcasts_like_where():
-    values = rng.standard_normal((2, 3)).astype(np.float32)
-    drop = np.array([True, False, True])
-    assert np.array_equal(kernels.zero_where(np, drop, values), np.where(drop, 0, values))
-    assert np.array_equal(kernels.zero_where(np, drop[:, None, None] & np.ones((3, 2, 3), bool), values),
-                          np.where(drop[:, None, None], 0, values))
+def test_select_broadcasts_like_where():
+    a = rng.standard_normal((2, 3)).astype(np.float32)
+    keep = np.array([True, False, True])
+    assert np.array_equal(kernels.select(np, keep, a), np.where(keep, a, 0))
+    assert np.array_equal(kernels.select(np, keep, a, np.float32(2)), np.where(keep, a, 2))
+    wide = keep[:, None, None] & np.ones((3, 2, 3), bool)
+    assert np.array_equal(kernels.select(np, wide, a), np.where(wide, a, 0))

@@ -139,7 +139,7 @@ class Backend:
         return self.xp.maximum(x, 0)
 
     def relu_backward(self, out: Any, g: Any) -> Any:
-        return kernels.zero_where(self.xp, out <= 0, g)
+        return kernels.select(self.xp, ~(out <= 0), g)  # not out > 0: g passes where out is NaN
 
     def conv2d_forward(self, x: Any, w: Any, b: Any, stride: tuple[int, int], padding: tuple[int, int],
                        dilation: tuple[int, int], groups: int) -> tuple[Any, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from xpnet import random, special, validate
+from xpnet import kernels, random, special, validate
 from xpnet.autograd import Context, Function, Tensor
 from xpnet.backend import get_backend
 
@@ -355,12 +355,12 @@ class LeakyReLU(Function):
         positive = x > 0
         ctx.save_for_backward(positive)
         ctx.negative_slope = negative_slope
-        return get_backend().xp.where(positive, x, x * negative_slope)
+        return kernels.select(get_backend().xp, positive, x, x * negative_slope)
 
     @staticmethod
     def backward(ctx: Context, g):
         (positive,) = ctx.saved
-        return get_backend().xp.where(positive, g, g * ctx.negative_slope)
+        return kernels.select(get_backend().xp, positive, g, g * ctx.negative_slope)
 
 
 def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:  # noqa: A002

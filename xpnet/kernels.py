@@ -26,21 +26,27 @@ def out_size(size: int, k: int, s: int, p: int, d: int = 1) -> int:
     return n
 
 
-def zero_where(xp: Any, drop: Any, values: Any) -> Any:
-    """``where(drop, +0.0, values)``, the select of ReLU's and max pooling's backward passes.
+def select(xp: Any, keep: Any, a: Any, b: Any = None) -> Any:
+    """``where(keep, a, b)``, with b = +0.0 when None: the selects of ReLU's, LeakyReLU's and max pooling's passes.
 
-    NumPy's ``where`` branches per element and runs about 10x slower than a bitwise AND on the random masks those
-    passes have, so on NumPy the mask is widened to the values' bits (all ones where kept) and ANDed with them:
-    the same bits ``where`` gives, NaN and signed zeros included. Other array modules (CuPy fuses ``where`` into
-    one kernel) and mismatched shapes use ``where``.
+    NumPy's ``where`` branches per element and runs about 10x slower than bitwise operations on the random masks
+    those passes have, so on NumPy the mask is widened to the values' bits (all ones where kept) and combined with
+    them, ``a & m`` or ``b ^ ((a ^ b) & m)``: the same bits ``where`` gives, NaN and signed zeros included. Other
+    array modules (CuPy fuses ``where`` into one kernel), and arguments whose shapes or dtypes differ, use ``where``.
     """
-    if xp is not np or drop.shape != values.shape or values.dtype.kind not in "fiu":
-        return xp.where(drop, xp.zeros((), dtype=values.dtype), values)
-    bits_dtype = np.dtype(f"u{values.dtype.itemsize}")
-    bits = drop.astype(bits_dtype)  # 1 where dropped, 0 where kept
-    bits -= 1                        # 0 where dropped, all ones where kept
-    bits &= values.view(bits_dtype)
-    return bits.view(values.dtype)
+    if xp is not np or a.shape != keep.shape or a.dtype.kind not in "fiu" or not (
+            b is None or (isinstance(b, np.ndarray) and b.shape == a.shape and b.dtype == a.dtype)):
+        return xp.where(keep, a, xp.zeros((), dtype=a.dtype) if b is None else b)
+    bits_dtype = np.dtype(f"u{a.dtype.itemsize}")
+    bits = keep.astype(bits_dtype)      # 1 where kept, 0 elsewhere
+    np.negative(bits, out=bits)         # all ones where kept
+    if b is None:
+        bits &= a.view(bits_dtype)
+    else:
+        b_bits = b.view(bits_dtype)
+        bits &= a.view(bits_dtype) ^ b_bits
+        bits ^= b_bits
+    return bits.view(a.dtype)
 
 
 def window_view(xp: Any, x: Any, kernel: tuple[int, int], stride: tuple[int, int],
@@ -265,7 +271,7 @@ def max_pool_backward(xp: Any, gout: Any, argmax: Any, x_shape: tuple[int, ...],
     out_hw, padded_hw = pool_geometry(x_shape, kernel, stride, padding, ceil_mode)
     gx = xp.zeros((*x_shape[:2], *padded_hw), dtype=gout.dtype)
     for index, rows, cols in _offset_slices(kernel, stride, out_hw):
-        gx[:, :, rows, cols] += zero_where(xp, argmax != index, gout)
+        gx[:, :, rows, cols] += select(xp, argmax == index, gout)
     return crop_pool_grad(gx, padding, x_shape)
 
 
