@@ -332,7 +332,7 @@ def test_select_gives_the_same_bits_as_where(dtype):
         b.flat[:12] = specials[::-1] * 2
     keep = rng.random(a.shape) < 0.5
     keep.flat[:6], keep.flat[6:12] = True, False
-    for other in (None, b):
+    for other in (None, b, 1, -2.5):
         expected = np.where(keep, a, np.zeros((), dtype) if other is None else other)
         actual = kernels.select(np, keep, a, other)
         assert actual.dtype == expected.dtype and actual.shape == expected.shape

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from xpnet import validate
+from xpnet import kernels, validate
 from xpnet.backend import get_backend
 
 _default_dtype = np.dtype(np.float32)
@@ -515,7 +515,7 @@ class Sigmoid(Function):
     def forward(ctx, a):
         xp = get_backend().xp
         e = xp.exp(-xp.abs(a))
-        out = xp.where(a >= 0, 1, e) / (1 + e)
+        out = kernels.select(xp, ~(a >= 0), e, 1) / (1 + e)  # = where(a >= 0, 1, e), NaN included
         ctx.save_for_backward(out)
         return out
 

@@ -27,15 +27,17 @@ def out_size(size: int, k: int, s: int, p: int, d: int = 1) -> int:
 
 
 def select(xp: Any, keep: Any, a: Any, b: Any = None) -> Any:
-    """``where(keep, a, b)``, with b = +0.0 when None: the selects of ReLU's, LeakyReLU's and max pooling's passes.
+    """``where(keep, a, b)``, with b = +0.0 when None: the selects of ReLU, LeakyReLU, max pooling, sigmoid and erf.
 
     NumPy's ``where`` branches per element and runs about 10x slower than bitwise operations on the random masks
     those passes have, so on NumPy the mask is widened to the values' bits (all ones where kept) and combined with
-    them, ``a & m`` or ``b ^ ((a ^ b) & m)``: the same bits ``where`` gives, NaN and signed zeros included. Other
-    array modules (CuPy fuses ``where`` into one kernel), and arguments whose shapes or dtypes differ, use ``where``.
+    them, ``a & m`` or ``b ^ ((a ^ b) & m)``: the same bits ``where`` gives, NaN and signed zeros included. ``b``
+    may be an array like ``a`` or a Python number that ``where`` would cast to a's dtype. Other array modules
+    (CuPy fuses ``where`` into one kernel), and arguments whose shapes or dtypes differ, use ``where``.
     """
+    number = isinstance(b, (int, float)) and not isinstance(b, bool) and np.result_type(a, b) == a.dtype
     if xp is not np or a.shape != keep.shape or a.dtype.kind not in "fiu" or not (
-            b is None or (isinstance(b, np.ndarray) and b.shape == a.shape and b.dtype == a.dtype)):
+            b is None or number or (isinstance(b, np.ndarray) and b.shape == a.shape and b.dtype == a.dtype)):
         return xp.where(keep, a, xp.zeros((), dtype=a.dtype) if b is None else b)
     bits_dtype = np.dtype(f"u{a.dtype.itemsize}")
     bits = keep.astype(bits_dtype)      # 1 where kept, 0 elsewhere
@@ -43,7 +45,7 @@ def select(xp: Any, keep: Any, a: Any, b: Any = None) -> Any:
     if b is None:
         bits &= a.view(bits_dtype)
     else:
-        b_bits = b.view(bits_dtype)
+        b_bits = (np.asarray(b, dtype=a.dtype) if number else b).view(bits_dtype)
         bits &= a.view(bits_dtype) ^ b_bits
         bits ^= b_bits
     return bits.view(a.dtype)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from xpnet.kernels import select
+
 _SMALL = 0.46875  # Cody's THRESH: the first interval's bound
 _MIDDLE = 4.0
 _BIG = 26.543     # erfc underflows beyond this (Cody's XBIG for IEEE double); erf is 1 there
@@ -56,7 +58,7 @@ def erfc_positive(xp: Any, y: Any) -> Any:
     big = xp.clip(y, _MIDDLE, _BIG)
     z = 1.0 / (big * big)
     tail = (_SQRT_PI_INV - z * _rational(z, _P, _Q)) / big
-    return xp.where(y <= _MIDDLE, _rational(middle, _C, _D), tail) * _exp_minus_square(xp, xp.minimum(y, _BIG))
+    return select(xp, y <= _MIDDLE, _rational(middle, _C, _D), tail) * _exp_minus_square(xp, xp.minimum(y, _BIG))
 
 
 def erf(xp: Any, x: Any) -> Any:
@@ -65,4 +67,4 @@ def erf(xp: Any, x: Any) -> Any:
     small = xp.minimum(y, _SMALL)
     near_zero = xp.copysign(small, x) * _rational(small * small, _A, _B)
     far = xp.copysign(0.5 - erfc_positive(xp, y) + 0.5, x)
-    return xp.where(y <= _SMALL, near_zero, far)
+    return select(xp, y <= _SMALL, near_zero, far)
