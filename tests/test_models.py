@@ -39,6 +39,10 @@ def test_resnet_depth_and_widths_are_parameters():
     assert model(xpnet.tensor(np.zeros((2, 3, 32, 32), dtype=np.float32))).shape == (2, 10)
     with pytest.raises(ModelError, match="widths"):
         ResNet(widths=(16, 32), blocks=(1,))
+    for widths in ("a,b", "16", (16, True), (16, 0), (16, 2.5), ()):
+        with pytest.raises(ModelError, match=r"lists of positive integers .*got widths"):
+            ResNet(widths=widths, blocks=(1,) * max(1, len(widths)) if isinstance(widths, tuple) else (1,))
+    assert ResNet(widths=[np.int64(8)], blocks=[1]).fc.in_features == 8  # NumPy integers are integers
 
 
 def test_a_model_that_does_not_fit_the_data_is_refused_naming_both_shapes():

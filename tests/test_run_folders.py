@@ -163,6 +163,26 @@ def test_divergence_in_the_first_epoch_names_no_checkpoint(mnist_dir, tmp_path, 
     assert "in epoch 1" in line and "no checkpoint was written" in line and "last good" not in line
 
 
+def test_a_model_that_cannot_be_built_takes_no_run_folder(mnist_dir, in_tmp, capsys):
+    assert run("--data", mnist_dir, *FAST) == 0
+    latest = (in_tmp / "runs" / "latest").resolve()
+    assert run("--data", mnist_dir, *FAST[:4], "--model", "resnet", "--model-option", "widths=a,b") == 1
+    assert "widths" in one_error_line(capsys)
+    assert run("--data", mnist_dir, *FAST[:4], "--model", "resnet", "--model-option", "widths=a,b", "--out",
+               in_tmp / "named") == 1
+    assert "widths" in one_error_line(capsys)
+    assert len(list((in_tmp / "runs").iterdir())) == 2 and not (in_tmp / "named").exists()
+    assert (in_tmp / "runs" / "latest").resolve() == latest  # still the run that trained
+
+
+def test_a_diverging_run_prints_its_one_message_without_numpys_warnings(mnist_dir, tmp_path, capsys, recwarn):
+    """A learning rate of 1e30 overflows float32 in the first steps: the error line is all that is printed, and
+    NumPy warns of nothing (pytest would show its warnings apart from stderr, so they are counted here)."""
+    assert run("--data", mnist_dir, *FAST, "--optimizer", "sgd", "--lr", 1e30, "--out", tmp_path / "run") == 1
+    assert "loss became" in one_error_line(capsys)
+    assert [str(w.message) for w in recwarn if issubclass(w.category, RuntimeWarning)] == []
+
+
 def tiny_npz(path, n_test):
     rng = np.random.default_rng(0)
 

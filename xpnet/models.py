@@ -12,6 +12,7 @@ from importlib import import_module
 from typing import Any, Callable, Sequence
 
 from xpnet import functional as F
+from xpnet import validate
 from xpnet.autograd import Tensor, no_grad, tensor
 from xpnet.backend import get_backend
 from xpnet.nn import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Module, ReLU,
@@ -83,9 +84,14 @@ class ResNet(Module):
     def __init__(self, input_shape: Shape = MNIST_SHAPE, num_classes: int = 10,
                  widths: Sequence[int] = (16, 32, 64), blocks: Sequence[int] = (1, 1, 1)):
         super().__init__()
-        if len(widths) != len(blocks) or not widths or min(widths) < 1 or min(blocks) < 1:
-            raise ModelError(f"resnet: widths {tuple(widths)} and blocks {tuple(blocks)} must be equally long "
-                             f"lists of positive integers")
+        def positive_ints(values: Any) -> bool:
+            return isinstance(values, (list, tuple)) and len(values) > 0 and all(
+                validate.is_int(v) and v >= 1 for v in values)
+
+        if not (positive_ints(widths) and positive_ints(blocks) and len(widths) == len(blocks)):
+            raise ModelError(f"resnet: widths and blocks must be equally long lists of positive integers (e.g. "
+                             f"widths=16,32,64 blocks=1,1,1), got widths {widths!r} and blocks {blocks!r}")
+        widths, blocks = [int(v) for v in widths], [int(v) for v in blocks]  # NumPy integers too
         self.conv1 = Conv2d(input_shape[0], widths[0], 3, padding=1, bias=False)
         self.bn1 = BatchNorm2d(widths[0])
         channels = widths[0]

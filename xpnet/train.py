@@ -403,6 +403,10 @@ def train_command(argv: list[str], progress: dict[str, Path]) -> int:
         train, val = split_train_val(data.train, config.val_split, config.seed)
     else:
         train, val = data.train, None
+    # a model that cannot be built with its options or does not fit the data fails here, before a run folder is
+    # taken (and runs/latest moved to it); run_one builds it again from the seed
+    check_fits_data(build_model(config.model, train.shape, len(train.classes), **config.model_options),
+                    config.model, train.shape, len(train.classes), "the training set")
     out = Path(world.broadcast_text(str(choose_folder(config, settings)) if world.rank == 0 else ""))
     config = dataclasses.replace(config, out=str(out))
     if world.rank == 0:
@@ -419,7 +423,10 @@ def train_command(argv: list[str], progress: dict[str, Path]) -> int:
             if world.rank == 0:
                 ensure_dir(run_out)
             progress["folder"] = run_out
-            result = run_one(config, batch_size, train, val, data.test, run_out)
+            # a diverging run overflows long before its epoch ends; run_one reports that as one message (the loss
+            # is not finite), so NumPy's per-operation warnings would only bury it
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                result = run_one(config, batch_size, train, val, data.test, run_out)
             print(f"batch {batch_size}: test accuracy {100 * result.test_acc:.2f}%  test loss "
                   f"{result.test_loss:.4f}  ({result.epochs} epochs, {result.seconds:.1f}s)", flush=True)
             results.append(result)
