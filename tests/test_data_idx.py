@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import re
 import tracemalloc
 
 import numpy as np
@@ -238,3 +239,16 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     with atomic_write(path) as f:
         f.write(b"new")
     assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["f"]
+
+
+def test_atomic_write_errors_name_the_file_asked_for_not_the_temporary(tmp_path):
+    missing = tmp_path / "no_such_folder" / "model.onnx"
+    with pytest.raises(FileNotFoundError, match=r"^" + re.escape(f"{missing}: cannot write the file (No such")):
+        with atomic_write(missing) as f:
+            f.write(b"x")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    with pytest.raises(OSError, match=re.escape(f"{taken}: cannot replace it with the new file")):
+        with atomic_write(taken) as f:
+            f.write(b"x")
+    assert os.listdir(tmp_path) == ["taken"] and os.listdir(taken) == []  # no temporary left behind

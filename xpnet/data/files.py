@@ -34,9 +34,16 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "xb") as f:
+        try:
+            f = open(tmp, "xb")
+        except OSError as exc:  # name the file the user asked for, not the temporary one
+            raise type(exc)(f"{path}: cannot write the file ({exc.strerror or exc})") from None
+        with f:
             yield f
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise type(exc)(f"{path}: cannot replace it with the new file ({exc.strerror or exc})") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
