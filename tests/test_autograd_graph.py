@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import xpnet
+from xpnet import functional as F
 from xpnet import nn
 
 
@@ -59,3 +60,12 @@ def test_leaves_and_non_leaves():
     assert x.is_leaf and not y.is_leaf
     with xpnet.no_grad():
         assert (x * 2.0).is_leaf
+
+
+def test_an_array_given_where_a_tensor_is_expected_is_one_clear_error():
+    model = xpnet.build_model("lenet5")
+    with pytest.raises(TypeError, match=r"^Conv2d: expected xpnet Tensors as inputs, got a numpy\.ndarray; wrap an "
+                                        r"array with xpnet\.tensor\(x\)$"):
+        model(np.zeros((2, 1, 28, 28), dtype=np.float32))
+    with pytest.raises(TypeError, match="got a builtins.list"):
+        F.leaky_relu([1.0, -1.0])

@@ -314,7 +314,14 @@ class Function:
     @classmethod
     def apply(cls, *inputs: Tensor | None, **options: Any) -> Tensor:
         """Run forward on the inputs' arrays (None passes through, e.g. a missing bias) and record the graph."""
-        needs = tuple(t is not None and t.requires_grad for t in inputs)
+        try:
+            needs = tuple(t is not None and t.requires_grad for t in inputs)
+        except AttributeError:  # checked only on failure: this runs for every operation
+            wrong = next((t for t in inputs if t is not None and not isinstance(t, Tensor)), None)
+            if wrong is None:
+                raise
+            raise TypeError(f"{cls.__name__}: expected xpnet Tensors as inputs, got a {type(wrong).__module__}."
+                            f"{type(wrong).__qualname__}; wrap an array with xpnet.tensor(x)") from None
         out = Tensor.__new__(Tensor)
         ctx = Context(needs)
         out.data = cls.forward(ctx, *(None if t is None else t.data for t in inputs), **options)
