@@ -36,7 +36,8 @@ def main(argv: Sequence[str]) -> int:
     if config.val_split or config.patience:
         raise SystemExit("torch_twin_train.py trains without validation: give --val-split 0 --patience 0")
     xpnet.use("numpy")
-    data = load_dataset(config.dataset, config.data, grayscale=config.grayscale, image_type=config.image_type)
+    data = load_dataset(config.dataset, config.data, grayscale=config.grayscale, image_type=config.image_type,
+                        image_size=config.image_size and tuple(config.image_size))
     train, test = data.train, data.test
     random.manual_seed(config.seed)
     net = to_torch(build_model(config.model, train.shape, len(train.classes), **config.model_options))

@@ -114,8 +114,9 @@ def assert_cifar_matches(data, cifar):
 # --- names and options -------------------------------------------------------------------------------------------
 
 def test_names():
-    assert list(DATASETS) == ["mnist", "fashion-mnist", "cifar10"]
-    with pytest.raises(DataError, match="dataset: unknown name 'svhn'; expected one of mnist, fashion-mnist, cifar10"):
+    assert list(DATASETS) == ["mnist", "fashion-mnist", "cifar10", "folder"]
+    with pytest.raises(DataError, match="dataset: unknown name 'svhn'; expected one of mnist, fashion-mnist, cifar10, "
+                                        "folder"):
         load_dataset("svhn")
 
 
@@ -480,3 +481,28 @@ def test_nothing_found_lists_every_way(tmp_path, www, name, ways):
     with pytest.raises(DataError) as err:
         load_dataset(name, download=False)
     assert DATASETS[name].mirrors[0] in str(err.value)
+
+
+def test_the_folder_dataset_takes_its_own_image_size_and_class_count(tmp_path):
+    """``--dataset folder``: the images' own size (the first training image's) and as many classes as folders;
+    ``image_size`` resizes, for any dataset's class-folder tree."""
+    names = [f"c{i:02d}" for i in range(12)]  # more classes than MNIST's ten
+    for split in ("train", "test"):
+        for c in names:
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.fromarray(np.full((20, 24, 3), 7, np.uint8)).save(tmp_path / split / c / "0.png")
+    data = load_dataset("folder", tmp_path)
+    assert data.train.shape == (3, 20, 24) and data.train.classes == names and len(data.test) == 12
+    assert load_dataset("folder", tmp_path, image_size=(16, 8)).train.shape == (3, 16, 8)
+    Image.fromarray(np.full((10, 10, 3), 7, np.uint8)).save(tmp_path / "train" / "c05" / "1.png")
+    with pytest.raises(DataError, match=r"1\.png: image is 10x10 .* but 20x24 was expected.*--image-size H,W"):
+        load_dataset("folder", tmp_path)
+    assert load_dataset("folder", tmp_path, image_size=(20, 24)).train.shape == (3, 20, 24)
+    with pytest.raises(DataError, match="at most 10 folders"):
+        load_dataset("mnist", tmp_path, image_size=(20, 24))
+
+
+def test_the_folder_dataset_needs_a_path(monkeypatch):
+    monkeypatch.delenv("XPNET_DATA", raising=False)
+    with pytest.raises(DataError, match=r"dataset 'folder' reads your own images: give --data PATH"):
+        load_dataset("folder")

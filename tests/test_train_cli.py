@@ -206,3 +206,29 @@ def test_model_options_reach_the_factory_and_the_rebuilt_model(mnist_dir, tmp_pa
         load_config(["--model", "resnet", "--model-option", "width=4"])
     with pytest.raises(SystemExit):
         load_config(["--model-option", "no equals sign"])
+
+
+def test_own_images_of_any_size_train_with_dataset_folder(tmp_path, capsys):
+    """The class-folder tree a user brings: 20x24 RGB images in 3 classes train as they are with --dataset folder,
+    at another size with --image-size, and the run evaluates with the same settings from its checkpoint."""
+    from PIL import Image
+
+    from xpnet import evaluate as evaluate_cli
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("ant", "bee", "fly"):
+            (tmp_path / "tree" / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(
+                    tmp_path / "tree" / split / c / f"{i}.png")
+    common = ["--dataset", "folder", "--data", tmp_path / "tree", "--epochs", 1, "--batch-size", 4, "--val-split", 0,
+              "--patience", 0]
+    assert run([*common, "--out", tmp_path / "own"]) == 0
+    saved = load_checkpoint(tmp_path / "own" / "last.npz")
+    assert saved.record["input_shape"] == [3, 20, 24] and saved.record["classes"] == ["ant", "bee", "fly"]
+    assert run([*common, "--image-size", "16,12", "--model", "lenet5", "--out", tmp_path / "small"]) == 0
+    assert load_checkpoint(tmp_path / "small" / "last.npz").record["input_shape"] == [3, 16, 12]
+    capsys.readouterr()
+    assert evaluate_cli.main([str(tmp_path / "small")]) == 0
+    assert "lenet5 from" in capsys.readouterr().out

@@ -53,6 +53,7 @@ class TrainConfig:
     resume: str | None = None
     log_file: str = "log.jsonl"
     image_type: str | None = None
+    image_size: list[int] | None = None
     loss: str = "cross_entropy"
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,6 +68,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "clip_grad_norm": (float, int), "label_smoothing": (float, int), "random_crop": (int,), "hflip": (bool,),
     "normalize": (bool,), "grayscale": (bool,), "seed": (int,), "val_split": (float, int), "patience": (int,),
     "data": (str,), "out": (str,), "name": (str,), "log_file": (str,), "image_type": (str,), "loss": (str,),
+    "image_size": (list,),
 }
 
 
@@ -144,7 +146,8 @@ def parser() -> argparse.ArgumentParser:
                         "VALUE: an integer, a number, true/false, a comma-separated list of integers, or text); "
                         "TOML: a [model_options] table")
     p.add_argument("--dataset", choices=DATASETS, help="which dataset to find when --data is not given, and how "
-                                                       "to read it (default mnist)")
+                                                       "to read it (default mnist); folder: your own class-folder "
+                                                       "tree given by --data, at its own image size and class count")
     p.add_argument("--batch-size", type=int, nargs="+", dest="batch_size",
                    help="one size, or several to run a sweep (e.g. 32 64 128 256); default 128")
     p.add_argument("--epochs", type=int, help="maximum number of epochs (default 10)")
@@ -176,6 +179,9 @@ def parser() -> argparse.ArgumentParser:
                    help="standardise each channel with the training set's mean and std (kept in the checkpoint)")
     p.add_argument("--grayscale", action="store_true", default=None,
                    help="convert colour class-folder images to one channel")
+    p.add_argument("--image-size", type=image_size, dest="image_size", metavar="H,W",
+                   help="resize class-folder images to this height and width as they load (default: they must be "
+                        "the dataset's size, or for --dataset folder the first training image's)")
     p.add_argument("--seed", type=int, help="seed for weights, shuffling, dropout and the split (default 0)")
     p.add_argument("--val-split", type=float, dest="val_split",
                    help="fraction of the training set held out for validation (default 0.1; 0 disables)")
@@ -191,6 +197,14 @@ def parser() -> argparse.ArgumentParser:
                                     "model, data and settings come from its last.npz")
     p.add_argument("--debug", action="store_true", help="on an error, show Python's traceback too")
     return p
+
+
+def image_size(text: str) -> list[int]:
+    """``H,W`` (or one ``N`` for N,N) from the command line as [H, W]."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH as positive integers, such as 64,64; got {text!r}")
+    return [int(parts[0]), int(parts[-1])]
 
 
 def model_option(text: str) -> tuple[str, Any]:
@@ -318,5 +332,8 @@ def validate(config: TrainConfig) -> None:
                           f"got {config.loss!r}")
     if config.image_type not in (None, "png", "jpg", "jpeg"):
         raise ConfigError(f"image_type: expected png or jpg, got {config.image_type!r}")
+    if config.image_size is not None and (len(config.image_size) != 2 or min(config.image_size) < 1):
+        raise ConfigError(f"--image-size: expected a height and a width, two positive integers, got "
+                          f"{config.image_size}")
     if config.resume and len(config.batch_size) > 1:
         raise ConfigError("--resume continues one run: give a single --batch-size")

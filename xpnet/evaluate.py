@@ -26,8 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         trained = load_model(args.checkpoint)
         model, record, path = trained.model, trained.record, trained.path
         config, model_name = record["config"], record["config"]["model"]
+        size = config.get("image_size")
         test = load_dataset(config.get("dataset", "mnist"), args.data or config.get("data"),
-                            grayscale=config.get("grayscale", False), image_type=config.get("image_type")).test
+                            grayscale=config.get("grayscale", False), image_type=config.get("image_type"),
+                            image_size=size and tuple(size)).test
         check_fits_data(model, model_name, test.shape, len(test.classes), "the test set")
     except (CheckpointError, DataError, BackendUnavailable, ModelError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

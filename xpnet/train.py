@@ -392,7 +392,8 @@ def train_command(argv: list[str], progress: dict[str, Path]) -> int:
     settings = load_settings(argv)
     config = resumed_config(settings) if settings.get("resume") else make_config(settings)
     backend = get_backend()
-    data = load_dataset(config.dataset, config.data, grayscale=config.grayscale, image_type=config.image_type)
+    data = load_dataset(config.dataset, config.data, grayscale=config.grayscale, image_type=config.image_type,
+                        image_size=config.image_size and tuple(config.image_size))
     for part, dataset in (("training", data.train), ("test", data.test)):
         if not len(dataset):
             raise DataError(f"{data.source}: the {part} set is empty")

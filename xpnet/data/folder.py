@@ -84,6 +84,17 @@ def _scan(split_dir: Path, suffixes: tuple[str, ...],
     return [d.name for d in class_dirs], files
 
 
+def first_image_size(split_dir: Path, image_type: str | None = None) -> tuple[int, int]:
+    """(height, width) of the first image of ``split_dir``'s first class folder (sorted), from its header only."""
+    _, files = _scan(split_dir, image_suffixes(image_type))
+    path = files[0][0]
+    try:
+        with Image.open(path) as opened:
+            return opened.height, opened.width
+    except Exception as exc:  # as in decode_image: Pillow raises many types on a corrupt header
+        raise DataError(f"{path}: not a readable PNG/JPG image ({type(exc).__name__}: {exc})") from None
+
+
 def _cache_key(split_dir: Path, files: list[list[Path]], resize: bool, size: tuple[int, int],
                grayscale: bool) -> str:
     """Hash of every image's relative name, size and mtime_ns, and of the decoding options."""
@@ -126,7 +137,9 @@ def decode_image(path: Path, resize: bool, size: tuple[int, int], grayscale: boo
                     raise DataError(f"{path}: is a {opened.format} image; expected PNG or JPEG")
                 if opened.size != (width, height) and not resize:
                     raise DataError(f"{path}: image is {opened.height}x{opened.width} (height x width) but "
-                                    f"{height}x{width} was expected; resize the images or load them with resize=True")
+                                    f"{height}x{width} was expected; resize the images, or train with --image-size "
+                                    f"H,W to resize them as they load (from Python: resize=True), or with --dataset "
+                                    f"folder to take the first image's size")
                 opened.load()  # decodes the whole file, so a truncated one fails here
                 img = _gray_or_rgb(opened, grayscale)
                 if img.size != (width, height):

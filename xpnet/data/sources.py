@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from xpnet.data.dataset import DataError, Dataset, to_grayscale
 from xpnet.data.files import user_cache_dir
-from xpnet.data.folder import load_class_tree
+from xpnet.data.folder import first_image_size, load_class_tree
 from xpnet.data.npz import KEYS, load_npz, save_npz
 
 ENV_VAR = "XPNET_DATA"
@@ -78,7 +78,7 @@ class DatasetSpec:
     name: str                       # as given to load_dataset; also names the cache file
     title: str                      # for messages
     classes: list[str]
-    image_size: tuple[int, int]     # (height, width) of a class-folder tree's images
+    image_size: tuple[int, int] | None  # (height, width) of a class-folder tree's images; None: the first's
     mirrors: tuple[str, ...]        # download base URLs, tried in order
     class_folders = "<class>"       # how the not-found message names the class folders
 
@@ -105,9 +105,10 @@ class DatasetSpec:
 
     def load(self, path: str | os.PathLike | None = None, *, grayscale: bool = False, image_type: str | None = None,
              cache_dir: str | os.PathLike | None = None, download: bool = True, mirrors: Sequence[str] | None = None,
-             progress: bool = True) -> Splits:
-        """The data from the first source that has it (see the module docstring); one channel if ``grayscale``."""
-        splits = self._find(path, grayscale, image_type, cache_dir, download, mirrors, progress)
+             progress: bool = True, image_size: tuple[int, int] | None = None) -> Splits:
+        """The data from the first source that has it (see the module docstring); one channel if ``grayscale``;
+        a class-folder tree's images resized to ``image_size`` (height, width) when it is given."""
+        splits = self._find(path, grayscale, image_type, cache_dir, download, mirrors, progress, image_size)
         return splits.grayscale() if grayscale else splits
 
     def _layouts(self) -> str:
@@ -115,8 +116,11 @@ class DatasetSpec:
                 f"folders, or an .npz file with {', '.join(KEYS)}")
 
     def from_path(self, path: str | os.PathLike, origin: str, image_type: str | None = None,
-                  grayscale: bool = False) -> Splits:
-        """Data from a path the user named: the dataset's own files, a class-folder tree or an .npz file."""
+                  grayscale: bool = False, image_size: tuple[int, int] | None = None) -> Splits:
+        """Data from a path the user named: the dataset's own files, a class-folder tree or an .npz file. A tree's
+        images must be the dataset's size (for a dataset without one, the first training image's) unless
+        ``image_size`` is given; then each is resized to it. A dataset with named classes takes at most as many
+        class folders."""
         p = Path(path).expanduser()
         if not p.exists():
             raise DataError(f"{origin} {p} does not exist; expected {self._layouts()}")
@@ -129,8 +133,9 @@ class DatasetSpec:
             train, test = load_npz(p)
             return Splits(train, test, f"NPZ file {p}")
         if (p / "train").is_dir() or (p / "test").is_dir():
-            train, test = load_class_tree(p, size=self.image_size, image_type=image_type, grayscale=grayscale,
-                                          max_classes=len(self.classes))
+            size = image_size or self.image_size or first_image_size(p / "train", image_type)
+            train, test = load_class_tree(p, size=size, resize=image_size is not None, image_type=image_type,
+                                          grayscale=grayscale, max_classes=len(self.classes) or None)
             return Splits(train, test, f"class folders in {p}")
         raise DataError(f"{origin} {p} is a folder but holds no {self.title} data; expected {self._layouts()}")
 
@@ -147,11 +152,11 @@ class DatasetSpec:
 
     def _find(self, path: str | os.PathLike | None, grayscale: bool, image_type: str | None,
               cache_dir: str | os.PathLike | None, download: bool, mirrors: Sequence[str] | None,
-              progress: bool) -> Splits:
+              progress: bool, image_size: tuple[int, int] | None = None) -> Splits:
         if path is not None and os.fspath(path):
-            return self.from_path(path, "data path", image_type, grayscale)
+            return self.from_path(path, "data path", image_type, grayscale, image_size)
         if os.environ.get(ENV_VAR):
-            return self.from_path(os.environ[ENV_VAR], ENV_VAR, image_type, grayscale)
+            return self.from_path(os.environ[ENV_VAR], ENV_VAR, image_type, grayscale, image_size)
         cache_file = Path(cache_dir if cache_dir is not None else user_cache_dir()) / self.cache_name
         tried = []
         if cache_file.is_file():
