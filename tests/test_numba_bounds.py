@@ -126,3 +126,18 @@ def test_relu_and_batch_norm(backends):
     assert_close((out, mean, var), (ref_out, ref_mean, ref_var))
     g = _random(*x.shape, seed=4)
     assert_close(nb.batch_norm_backward(residual, g, NEEDS), ref.batch_norm_backward(ref_residual, g, NEEDS))
+
+
+def test_erf(backends):
+    """The compiled erf is the C library's: math.erf's value on every element, special values included, and the
+    generic one's to rounding."""
+    import math
+
+    nb, ref = backends
+    x = np.concatenate([[np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-300, 0.46875, 4.0, 26.6, -30.0], _random(60)])
+    out = nb.erf(x)
+    assert out.dtype == x.dtype and out.shape == x.shape
+    expected = np.array([math.erf(v) for v in x])
+    assert out.tobytes() == expected.tobytes()
+    np.testing.assert_allclose(out, ref.erf(x), rtol=1e-15, atol=1e-16)
+    assert nb.erf(x.astype(np.float32)).dtype == np.float32

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from xpnet import kernels
+from xpnet import kernels, special
 
 ENV_VAR = "XPNET_BACKEND"
 DEFAULT_BACKENDS = ("numba", "numpy")  # with XPNET_BACKEND unset, the first that loads is used
@@ -63,6 +63,7 @@ CONTRACT: dict[str, str] = {
                          "added to every pixel of the window",
     "relu_forward": "`max(x, 0)`; NaN stays NaN",
     "relu_backward": "0 where `out <= 0`, else `g` (so `g` passes where out is NaN, as in PyTorch)",
+    "erf": "the error function of the float array `x`, elementwise, in its dtype; NaN stays NaN, erf(+-inf) = +-1",
     "conv2d_forward": "`(out, residual)`: x `(N, C, H, W)`, w `(OC, C / groups, KH, KW)`, b `(OC,)` or None, "
                       "symmetric zero padding, arguments checked by `xpnet.functional.conv2d`; out `(N, OC, OH, "
                       "OW)`; residual is whatever this backend's conv2d_backward needs (generic: the im2col columns)",
@@ -140,6 +141,9 @@ class Backend:
 
     def relu_backward(self, out: Any, g: Any) -> Any:
         return kernels.select(self.xp, ~(out <= 0), g)  # not out > 0: g passes where out is NaN
+
+    def erf(self, x: Any) -> Any:
+        return special.erf(self.xp, x)
 
     def conv2d_forward(self, x: Any, w: Any, b: Any, stride: tuple[int, int], padding: tuple[int, int],
                        dilation: tuple[int, int], groups: int) -> tuple[Any, Any]:

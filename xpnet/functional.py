@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from xpnet import kernels, random, special, validate
+from xpnet import kernels, random, validate
 from xpnet.autograd import Context, Function, Tensor
 from xpnet.backend import get_backend
 
@@ -375,7 +375,7 @@ _TANH_KAPPA = 0.044715
 
 
 class GELU(Function):
-    """x * Phi(x) with Phi the normal CDF through ``xpnet.special.erf``, or PyTorch's tanh approximation."""
+    """x * Phi(x) with Phi the normal CDF through the backend's ``erf``, or PyTorch's tanh approximation."""
 
     @staticmethod
     def forward(ctx: Context, x, approximate="none"):
@@ -385,7 +385,7 @@ class GELU(Function):
             t = xp.tanh(_TANH_BETA * (x + _TANH_KAPPA * (x * x * x)))
             ctx.save_for_backward(x, t)
             return 0.5 * x * (1.0 + t)
-        cdf = 0.5 * (1.0 + special.erf(xp, x * _SQRT1_2))
+        cdf = 0.5 * (1.0 + get_backend().erf(x * _SQRT1_2))
         ctx.save_for_backward(x, cdf)
         return x * cdf
 
