@@ -170,7 +170,6 @@ def run_one(config: TrainConfig, batch_size: int, train: Dataset, val: Dataset |
     backend = get_backend()
     random.manual_seed(config.seed)
     model = build_model(config.model, train.shape, len(train.classes), **config.model_options)
-    check_fits_data(model, config.model, train.shape, len(train.classes), "the training set")
     optimizer = make_optimizer(config, model)
     stats = channel_stats(train) if config.normalize else None
     train_loader = make_loader(train, batch_size, shuffle=True, seed=config.seed,
@@ -405,7 +404,7 @@ def train_command(argv: list[str], progress: dict[str, Path]) -> int:
     else:
         train, val = data.train, None
     # a model that cannot be built with its options or does not fit the data fails here, before a run folder is
-    # taken (and runs/latest moved to it); run_one builds it again from the seed
+    # taken (and runs/latest moved to it); run_one builds it again from the seed and does not check it again
     check_fits_data(build_model(config.model, train.shape, len(train.classes), **config.model_options),
                     config.model, train.shape, len(train.classes), "the training set")
     out = Path(world.broadcast_text(str(choose_folder(config, settings)) if world.rank == 0 else ""))
